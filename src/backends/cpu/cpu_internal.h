@@ -1,0 +1,47 @@
+// Pieces of the CPU backend shared between its translation units.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "backends/ops.h"
+
+namespace mil::cpu {
+
+// Throws mil::Error unless t is an f32 tensor in host memory that the op may read/write.
+void check_f32(const Tensor& t, const char* op, const char* name);
+void check_host(const Tensor& t, const char* op, const char* name);
+
+// Scratch memory owned by one Ops object; grows to the largest request and is then reused,
+// so no allocation happens on the hot path after the first step. One Ops object must not
+// be used from two threads at once (the engine drives each backend from one thread).
+class Workspace {
+ public:
+  std::byte* get(size_t bytes) {
+    if (bytes > buffer_.size()) buffer_.resize(bytes + bytes / 4);
+    return buffer_.data();
+  }
+
+ private:
+  std::vector<std::byte> buffer_;
+};
+
+struct MatmulMode {
+  int threads = 1;
+  bool exact = false;  // dequantize weights and keep activations f32
+};
+
+void matmul(const Tensor& x, const Tensor& w, const Tensor& y, const MatmulMode& mode,
+            Workspace& ws);
+
+void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+               const AttentionBatch& batch, const AttentionShape& shape, const Tensor& out,
+               int threads, Workspace& ws);
+
+// One row of logits (n values) -> token id. scratch is reused between calls.
+int32_t sample_row(const float* logits, int64_t n, const SamplingParams& params, float uniform,
+                   std::vector<float>& scratch_probs, std::vector<int32_t>& scratch_ids);
+int32_t argmax_row(const float* logits, int64_t n);
+
+}  // namespace mil::cpu

@@ -1,0 +1,83 @@
+// The op interface: everything the model does to tensors goes through here, so that
+// model/ is written once for every backend. Activations are f32 on the CPU backend;
+// weights stay in their storage dtype and are dequantized inside matmul/embedding.
+// Pointers in argument structs point to memory of the backend's device.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace mil {
+
+// Where each sequence of a step lives in the paged KV cache. CSR-style: the query rows of
+// sequence i are q rows [query_start[i], query_start[i+1]); its context (cached tokens,
+// the new ones included, which come last) is context_len[i] tokens long; token t of it
+// sits in slot block_table[i * max_blocks_per_seq + t / block_size] * block_size + t % block_size.
+struct AttentionBatch {
+  int32_t num_seqs = 0;
+  const int32_t* query_start = nullptr;  // num_seqs + 1
+  const int32_t* context_len = nullptr;  // num_seqs
+  const int32_t* block_table = nullptr;  // num_seqs * max_blocks_per_seq
+  int32_t max_blocks_per_seq = 0;
+  int32_t block_size = 0;
+};
+
+struct AttentionShape {
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;  // num_heads % num_kv_heads == 0 (GQA; equal for MHA)
+  int32_t head_dim = 0;
+  float scale = 0.0f;  // usually 1/sqrt(head_dim)
+};
+
+// temperature <= 0 means greedy. top_k <= 0 and top_p >= 1 disable those filters.
+// HF order: temperature, then top-k, then top-p.
+struct SamplingParams {
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual Device device() const = 0;
+
+  // y[n, w.rows] = x[n, w.cols] * w^T. x, y: f32. w: any storage dtype, possibly strided.
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& y) = 0;
+  // y[i, :] += bias[0, :] (bias f32, 1 x y.cols).
+  virtual void add_bias(const Tensor& y, const Tensor& bias) = 0;
+  // out[i, :] = table[ids[i], :] as f32; out.rows ids. Ids out of range are an error.
+  virtual void embedding(const Tensor& table, const int32_t* ids, const Tensor& out) = 0;
+  // out = x / sqrt(mean(x^2) + eps) * weight (weight f32, 1 x cols). out may alias x.
+  virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  // Rotates x [n, heads * head_dim] in place, token i at positions[i]. inv_freq: f32,
+  // 1 x head_dim/2, scaling already folded in. interleaved: pairs (2j, 2j+1) as in GGUF
+  // llama files; otherwise pairs (j, j + head_dim/2) as in HF's rotate_half.
+  virtual void rope(const Tensor& x, int32_t head_dim, const int32_t* positions,
+                    const Tensor& inv_freq, bool interleaved) = 0;
+  // Writes row i of k and v to row slots[i] of k_cache and v_cache.
+  virtual void kv_store(const Tensor& k, const Tensor& v, const int32_t* slots,
+                        const Tensor& k_cache, const Tensor& v_cache) = 0;
+  // Causal attention of q [n, num_heads * head_dim] over the cached keys/values
+  // ([slots, num_kv_heads * head_dim]); out like q.
+  virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                         const AttentionBatch& batch, const AttentionShape& shape,
+                         const Tensor& out) = 0;
+  // out = silu(gate) * up. out may alias gate.
+  virtual void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  // out = a + b. out may alias a.
+  virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out[i] = argmax of logits row i (the lowest index among ties).
+  virtual void argmax(const Tensor& logits, int32_t* out) = 0;
+  // out[i] drawn from row i under params[i], using uniforms[i] in [0, 1) as the only
+  // randomness (the caller owns the seeded generator), by inverse CDF over candidates
+  // sorted by decreasing probability. Greedy rows take the argmax.
+  virtual void sample(const Tensor& logits, const SamplingParams* params, const float* uniforms,
+                      int32_t* out) = 0;
+};
+
+std::unique_ptr<Ops> make_cpu_ops(int num_threads);
+
+}  // namespace mil

@@ -1,0 +1,38 @@
+// Subcommands of the mil executable. Each registers its options and a callback that does
+// the work through the library parts; no logic of its own beyond argument plumbing.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/ops.h"
+#include "model/llama.h"
+
+namespace mil::cli {
+
+void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+
+// Options every model-running command shares.
+struct ModelOptions {
+  std::string model_id;
+  int threads = 0;  // 0: all cores
+  bool exact = false;
+  int64_t max_tokens_per_step = 512;
+  void add_to(CLI::App& cmd);
+};
+
+// A loaded model with its backend, ready to run.
+struct LoadedModel {
+  std::unique_ptr<Ops> ops;
+  std::unique_ptr<LlamaWeights> weights;
+  std::unique_ptr<LlamaModel> model;
+};
+LoadedModel load_model(const ModelOptions& options);
+
+std::vector<int32_t> parse_token_ids(const std::string& text);
+
+}  // namespace mil::cli

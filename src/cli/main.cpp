@@ -1,0 +1,23 @@
+// mil: the command-line front end. Subcommands live in their own files (cli/*.cpp).
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"MIL: serve one Llama-family base model with many LoRA adapters"};
+  app.require_subcommand(1);
+  mil::cli::add_generate_command(app);
+  mil::cli::add_bench_command(app);
+  mil::cli::add_info_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const mil::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,47 @@
+#include <charconv>
+#include <thread>
+
+#include "backends/cpu/cpu_ops.h"
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace mil::cli {
+
+void ModelOptions::add_to(CLI::App& cmd) {
+  cmd.add_option("--model-id", model_id, "HF model directory or GGUF file")->required();
+  cmd.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
+  cmd.add_flag("--exact", exact,
+               "keep activations in f32 for quantized weights (slower; the golden-test path)");
+  cmd.add_option("--max-batch-tokens", max_tokens_per_step, "tokens per forward step (prefill chunk)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+}
+
+LoadedModel load_model(const ModelOptions& options) {
+  LoadedModel m;
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  m.ops = options.exact ? make_cpu_ops_exact(threads) : make_cpu_ops(threads);
+  m.weights = std::make_unique<LlamaWeights>(open_weight_source(options.model_id), ShardSpec{});
+  m.model = std::make_unique<LlamaModel>(*m.weights, *m.ops, options.max_tokens_per_step);
+  return m;
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    while (p < end && (*p == ',' || *p == ' ' || *p == '\n' || *p == '\t')) ++p;
+    if (p == end) break;
+    int32_t v = 0;
+    auto [next, ec] = std::from_chars(p, end, v);
+    if (ec != std::errc() || v < 0) fail("invalid token id near '{}'", std::string(p, std::min<size_t>(12, end - p)));
+    ids.push_back(v);
+    p = next;
+  }
+  return ids;
+}
+
+}  // namespace mil::cli

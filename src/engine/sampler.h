@@ -1,0 +1,26 @@
+// Per-request token choice: greedy or sampled (temperature, top-k, top-p) with a seeded
+// generator, so the same seed gives the same tokens.
+#pragma once
+
+#include <cstdint>
+#include <random>
+
+#include "backends/ops.h"
+
+namespace mil {
+
+class Sampler {
+ public:
+  Sampler(SamplingParams params, uint64_t seed) : params_(params), rng_(seed) {}
+
+  const SamplingParams& params() const { return params_; }
+  bool greedy() const { return params_.temperature <= 0.0f; }
+  // A uniform draw in [0, 1) with 24 random bits (exactly representable as float).
+  float next_uniform() { return static_cast<float>(rng_() >> 40) * 0x1.0p-24f; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace mil

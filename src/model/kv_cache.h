@@ -1,0 +1,28 @@
+// The paged KV cache storage of one rank: for every layer a key and a value tensor of
+// [num_blocks * block_size slots, num_kv_heads * head_dim]. Which sequence owns which
+// block is the engine's business (engine/block_allocator.h).
+#pragma once
+
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/tensor.h"
+
+namespace mil {
+
+class KVCache {
+ public:
+  KVCache(int64_t num_layers, int64_t num_blocks, int32_t block_size, int64_t kv_width);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int32_t block_size() const { return block_size_; }
+  const Tensor& keys(int64_t layer) const { return keys_[layer].view(); }
+  const Tensor& values(int64_t layer) const { return values_[layer].view(); }
+
+ private:
+  int64_t num_blocks_;
+  int32_t block_size_;
+  std::vector<OwnedTensor> keys_, values_;
+};
+
+}  // namespace mil
