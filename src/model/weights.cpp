@@ -14,8 +14,10 @@ std::string shape_of(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-int64_t shard_size(int64_t total, int world, const std::string& what) {
-  if (total % world != 0) fail("{} ({}) does not split evenly over {} ranks", what, total, world);
+int64_t shard_size(int64_t total, int world, const std::string& what, const std::string& origin) {
+  if (total % world != 0) {
+    fail("{}: {} ({}) does not split evenly over {} ranks", origin, what, total, world);
+  }
   return total / world;
 }
 
@@ -26,10 +28,10 @@ LlamaWeights::LlamaWeights(std::unique_ptr<WeightSource> source, ShardSpec shard
   const ModelConfig& c = config();
   MIL_CHECK(shard.world >= 1 && shard.rank >= 0 && shard.rank < shard.world,
             "invalid shard rank {} of {}", shard.rank, shard.world);
-  dims_.num_heads = shard_size(c.num_heads, shard.world, "num_attention_heads");
-  dims_.num_kv_heads = shard_size(c.num_kv_heads, shard.world, "num_key_value_heads");
-  dims_.intermediate = shard_size(c.intermediate_size, shard.world, "intermediate_size");
-  dims_.vocab = shard_size(c.vocab_size, shard.world, "vocab_size");
+  dims_.num_heads = shard_size(c.num_heads, shard.world, "num_attention_heads", source_->origin());
+  dims_.num_kv_heads = shard_size(c.num_kv_heads, shard.world, "num_key_value_heads", source_->origin());
+  dims_.intermediate = shard_size(c.intermediate_size, shard.world, "intermediate_size", source_->origin());
+  dims_.vocab = shard_size(c.vocab_size, shard.world, "vocab_size", source_->origin());
 
   const int64_t hidden = c.hidden_size;
   const int64_t q_out = c.num_heads * c.head_dim;
@@ -93,6 +95,11 @@ Tensor LlamaWeights::matrix(const std::string& name, int64_t rows, int64_t cols,
          "Q4_0, Q4_1)", *t.file, t.name, info.dtype_name);
   }
   const DType dtype = *info.dtype;
+  // Kernels read elements (and the f16 fields of blocks) in place.
+  const size_t align = block_bytes(dtype) == 4 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(info.data.data()) % align != 0) {
+    fail("{}: tensor '{}': data is not aligned to {} bytes", *t.file, t.name, align);
+  }
   if (cols % block_elems(dtype) != 0) {
     fail("{}: tensor '{}': {} columns do not fill whole {} blocks", *t.file, t.name, cols,
          dtype_name(dtype));
@@ -105,11 +112,11 @@ Tensor LlamaWeights::matrix(const std::string& name, int64_t rows, int64_t cols,
     case Split::None:
       return full;
     case Split::Rows: {
-      const int64_t n = shard_size(rows, shard_.world, t.name + " rows");
+      const int64_t n = shard_size(rows, shard_.world, "tensor '" + t.name + "' rows", *t.file);
       return full.slice_rows(shard_.rank * n, n);
     }
     case Split::Cols: {
-      const int64_t n = shard_size(cols, shard_.world, t.name + " columns");
+      const int64_t n = shard_size(cols, shard_.world, "tensor '" + t.name + "' columns", *t.file);
       if (n % block_elems(dtype) != 0) {
         fail("{}: tensor '{}': a {}-column shard splits {} blocks", *t.file, t.name, n,
              dtype_name(dtype));
@@ -138,7 +145,7 @@ Tensor LlamaWeights::vector(const std::string& name, int64_t size, Split split, 
   }
   int64_t begin = 0, count = size;
   if (split == Split::Rows) {
-    count = shard_size(size, shard_.world, t.name);
+    count = shard_size(size, shard_.world, "tensor '" + t.name + "'", *t.file);
     begin = shard_.rank * count;
   }
   HostBuffer& buf = owned_.emplace_back(count * sizeof(float));

@@ -8,7 +8,7 @@
 
 #include <random>
 
-#include "writers.h"
+#include "common/file_writers.h"
 
 namespace mil {
 namespace {
@@ -111,7 +111,7 @@ TEST(Safetensors, EmptyHeaderObjectAndUnpaddedHeader) {
 TEST(Safetensors, EveryTruncationFails) {
   const Bytes full = ValidFile{}.bytes();
   for (size_t n = 0; n < full.size(); ++n) {
-    TempFile file(std::span(full).first(n), kName);
+    TempFile file{std::span<const std::byte>(full).first(n), kName};
     EXPECT_THROW(SafetensorsFile{file.path()}, Error) << "prefix of " << n << " bytes";
   }
 }
