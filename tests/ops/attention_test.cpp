@@ -66,8 +66,8 @@ class Attention : public OpsTest {
     dv.set_f32(vc);
     DeviceArray qs(backend(), in.query_start), cl(backend(), in.context_len),
         bt(backend(), in.block_table);
-    AttentionBatch batch{static_cast<int32_t>(seqs.size()), qs.i32(), cl.i32(), bt.i32(),
-                         max_blocks, block_size};
+    AttentionBatch batch{
+        static_cast<int32_t>(seqs.size()), qs.i32(), cl.i32(), bt.i32(), max_blocks, block_size};
     ops->attention(dq, dk, dv, batch, shape, out);
 
     EXPECT_LE(max_norm_error(out.get_f32(), ref::attention(q, kc, vc, in, shape)), kTol);

@@ -35,8 +35,8 @@ std::vector<BackendUnderTest> backends_under_test() {
   return all;
 }
 
-DeviceTensor::DeviceTensor(const BackendUnderTest& backend, DType dtype, int64_t rows,
-                           int64_t cols, size_t row_stride, size_t lead_bytes)
+DeviceTensor::DeviceTensor(const BackendUnderTest& backend, DType dtype, int64_t rows, int64_t cols,
+                           size_t row_stride, size_t lead_bytes)
     : backend_(backend), lead_bytes_(lead_bytes) {
   const size_t packed = row_bytes(dtype, cols);
   if (row_stride == 0) row_stride = packed;
@@ -44,8 +44,12 @@ DeviceTensor::DeviceTensor(const BackendUnderTest& backend, DType dtype, int64_t
   image_.assign(body_bytes_ + 2 * kGuardBytes, kSentinel);
   base_ = backend.memory.alloc(image_.size());
   backend.memory.upload(base_, image_.data(), image_.size());
-  view_ = Tensor{dtype, rows, cols, row_stride,
-                 static_cast<uint8_t*>(base_) + kGuardBytes + lead_bytes, backend.device};
+  view_ = Tensor{dtype,
+                 rows,
+                 cols,
+                 row_stride,
+                 static_cast<uint8_t*>(base_) + kGuardBytes + lead_bytes,
+                 backend.device};
 }
 
 DeviceTensor::~DeviceTensor() { backend_.memory.free(base_); }
@@ -100,8 +104,9 @@ void DeviceTensor::check_untouched(const std::string& what, bool unchanged) cons
     }
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " bytes changed outside what the op may write, "
-                     << "first at offset " << static_cast<int64_t>(first) -
-                                                  static_cast<int64_t>(kGuardBytes + lead_bytes_)
+                     << "first at offset "
+                     << static_cast<int64_t>(first) -
+                            static_cast<int64_t>(kGuardBytes + lead_bytes_)
                      << " from the view's start";
 }
 

@@ -3,6 +3,8 @@
 // entry to backends_under_test() with its Ops factory and its memory functions.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -10,8 +12,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "backends/ops.h"
 
@@ -56,9 +56,9 @@ class DeviceTensor {
   const Tensor& view() const { return view_; }
   operator const Tensor&() const { return view_; }
 
-  void set_f32(const std::vector<float>& values);         // rows * cols, row-major
-  void set_rows(const std::vector<uint8_t>& bytes);       // rows * row_bytes(dtype, cols)
-  std::vector<float> get_f32() const;                     // rows * cols
+  void set_f32(const std::vector<float>& values);    // rows * cols, row-major
+  void set_rows(const std::vector<uint8_t>& bytes);  // rows * row_bytes(dtype, cols)
+  std::vector<float> get_f32() const;                // rows * cols
   // Guards and gaps are the sentinel; if `unchanged` is set, the rows must also still hold
   // what set_*() put there (for inputs an op must not write).
   void check_untouched(const std::string& what, bool unchanged = false) const;
@@ -69,9 +69,9 @@ class DeviceTensor {
   const BackendUnderTest& backend_;
   Tensor view_;
   size_t lead_bytes_ = 0;
-  size_t body_bytes_ = 0;  // lead + rows
-  void* base_ = nullptr;              // device allocation including guards
-  std::vector<uint8_t> image_;        // what the host last uploaded (guards included)
+  size_t body_bytes_ = 0;       // lead + rows
+  void* base_ = nullptr;        // device allocation including guards
+  std::vector<uint8_t> image_;  // what the host last uploaded (guards included)
 };
 
 // A device copy of a small array of 32-bit values (ids, positions, block tables).
@@ -122,7 +122,7 @@ class OpsTest : public ::testing::TestWithParam<BackendUnderTest> {
 
 }  // namespace mil::test
 
-#define MIL_INSTANTIATE_OPS_TEST(Suite)                                                   \
-  INSTANTIATE_TEST_SUITE_P(AllBackends, Suite,                                            \
-                           ::testing::ValuesIn(::mil::test::backends_under_test()),       \
+#define MIL_INSTANTIATE_OPS_TEST(Suite)                                             \
+  INSTANTIATE_TEST_SUITE_P(AllBackends, Suite,                                      \
+                           ::testing::ValuesIn(::mil::test::backends_under_test()), \
                            [](const auto& param_info) { return param_info.param.name; })

@@ -1,10 +1,11 @@
 // CPU-only: every kernel table this machine can run (scalar, AVX2, AVX-512) against the
 // scalar table. The op tests above see only the best table; these keep the fallbacks honest.
+#include "backends/cpu/kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 
-#include "backends/cpu/kernels.h"
 #include "harness.h"
 #include "reference.h"
 
@@ -24,7 +25,7 @@ TEST(CpuKernels, QuantizeRowIsBitIdenticalAcrossTables) {
   const int64_t nb = 37;
   std::vector<float> x = rng.uniform(nb * 32, -4.0f, 4.0f);
   for (int j = 0; j < 32; ++j) x[5 * 32 + j] = 0.0f;  // an all-zero block
-  x[7 * 32 + 3] = 1e-30f;                              // a tiny block scale
+  x[7 * 32 + 3] = 1e-30f;                             // a tiny block scale
   std::vector<int8_t> q0(nb * 32);
   std::vector<float> d0(nb * 2);
   cpu::scalar_kernels()->quantize_row(x.data(), nb, q0.data(), d0.data());
@@ -49,16 +50,29 @@ TEST(CpuKernels, TilesAgreeWithScalar) {
         std::vector<int8_t> qs(x_rows * k);
         std::vector<float> ds(x_rows * nb * 2);
         for (int i = 0; i < x_rows; ++i)
-          cpu::scalar_kernels()->quantize_row(x.data() + i * k, nb, qs.data() + i * k, ds.data() + i * nb * 2);
+          cpu::scalar_kernels()->quantize_row(x.data() + i * k, nb, qs.data() + i * k,
+                                              ds.data() + i * nb * 2);
         auto run = [&](const Kernels& kern) {
           std::vector<float> y(x_rows * m, -1.0f);
           if (is_quantized(dtype)) {
-            cpu::QuantTile t{reinterpret_cast<const std::byte*>(w.data()), row_bytes(dtype, k), m,
-                             {qs.data(), ds.data(), nb}, x_rows, y.data(), static_cast<size_t>(m)};
+            cpu::QuantTile t{reinterpret_cast<const std::byte*>(w.data()),
+                             row_bytes(dtype, k),
+                             m,
+                             {qs.data(), ds.data(), nb},
+                             x_rows,
+                             y.data(),
+                             static_cast<size_t>(m)};
             cpu::quant_tile_fn(kern, dtype)(t);
           } else {
-            cpu::FloatTile t{reinterpret_cast<const std::byte*>(w.data()), row_bytes(dtype, k), m, k,
-                             x.data(), static_cast<size_t>(k), x_rows, y.data(), static_cast<size_t>(m)};
+            cpu::FloatTile t{reinterpret_cast<const std::byte*>(w.data()),
+                             row_bytes(dtype, k),
+                             m,
+                             k,
+                             x.data(),
+                             static_cast<size_t>(k),
+                             x_rows,
+                             y.data(),
+                             static_cast<size_t>(m)};
             cpu::float_tile_fn(kern, dtype)(t);
           }
           return y;

@@ -72,8 +72,8 @@ class Matmul : public OpsTest {
 };
 
 TEST_P(Matmul, AllDtypesShapesAndLayouts) {
-  const MatmulCase cases[] = {{1, 32, 1},   {1, 576, 67}, {3, 96, 33},  {5, 160, 7},
-                              {4, 64, 9},   {8, 64, 130}, {17, 1536, 9}, {64, 576, 40},
+  const MatmulCase cases[] = {{1, 32, 1},   {1, 576, 67},  {3, 96, 33},   {5, 160, 7},
+                              {4, 64, 9},   {8, 64, 130},  {17, 1536, 9}, {64, 576, 40},
                               {2, 2048, 5}, {1, 1536, 576}};
   uint32_t seed = 1;
   for (DType dtype : kWeightTypes) {

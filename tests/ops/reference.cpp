@@ -103,7 +103,8 @@ std::vector<float> rmsnorm(const std::vector<float>& x, const std::vector<float>
     double ss = 0.0;
     for (int64_t j = 0; j < cols; ++j) ss += static_cast<double>(x[r * cols + j]) * x[r * cols + j];
     const double inv = 1.0 / std::sqrt(ss / cols + eps);
-    for (int64_t j = 0; j < cols; ++j) out[r * cols + j] = static_cast<float>(x[r * cols + j] * inv * weight[j]);
+    for (int64_t j = 0; j < cols; ++j)
+      out[r * cols + j] = static_cast<float>(x[r * cols + j] * inv * weight[j]);
   }
   return out;
 }
@@ -151,7 +152,8 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
     const int32_t ctx = batch.context_len[s];
     auto slot = [&](int64_t t) {
       return int64_t{batch.block_table[s * batch.max_blocks_per_seq + t / batch.block_size]} *
-                 batch.block_size + t % batch.block_size;
+                 batch.block_size +
+             t % batch.block_size;
     };
     for (int32_t row = q0; row < q1; ++row) {
       const int64_t pos = ctx - (q1 - q0) + (row - q0);  // causal: keys 0..pos
@@ -162,7 +164,8 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
         for (int64_t t = 0; t <= pos; ++t) {
           double d = 0.0;
           for (int64_t e = 0; e < dim; ++e)
-            d += static_cast<double>(q[row * qw + h * dim + e]) * k_cache[slot(t) * kvw + kvh * dim + e];
+            d += static_cast<double>(q[row * qw + h * dim + e]) *
+                 k_cache[slot(t) * kvw + kvh * dim + e];
           score[t] = d * shape.scale;
           mx = std::max(mx, score[t]);
         }
@@ -170,7 +173,8 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
         for (double& sc : score) sum += (sc = std::exp(sc - mx));
         for (int64_t e = 0; e < dim; ++e) {
           double acc = 0.0;
-          for (int64_t t = 0; t <= pos; ++t) acc += score[t] * v_cache[slot(t) * kvw + kvh * dim + e];
+          for (int64_t t = 0; t <= pos; ++t)
+            acc += score[t] * v_cache[slot(t) * kvw + kvh * dim + e];
           out[row * qw + h * dim + e] = static_cast<float>(acc / sum);
         }
       }
@@ -192,8 +196,10 @@ int32_t sample(const std::vector<float>& row, const SamplingParams& params, floa
   const size_t n = row.size();
   std::vector<double> p(n);
   double mx = -INFINITY;
-  for (size_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(row[i]) / params.temperature);
-  for (size_t i = 0; i < n; ++i) p[i] = std::exp(static_cast<double>(row[i]) / params.temperature - mx);
+  for (size_t i = 0; i < n; ++i)
+    mx = std::max(mx, static_cast<double>(row[i]) / params.temperature);
+  for (size_t i = 0; i < n; ++i)
+    p[i] = std::exp(static_cast<double>(row[i]) / params.temperature - mx);
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });

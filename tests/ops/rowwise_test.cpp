@@ -32,7 +32,8 @@ TEST_P(Rowwise, EmbeddingEveryDtype) {
     ops->embedding(t, dids.i32(), out);
     const std::vector<float> all = ref::dequantize(dtype, table, rows, cols);
     std::vector<float> want;
-    for (int32_t id : ids) want.insert(want.end(), all.begin() + id * cols, all.begin() + (id + 1) * cols);
+    for (int32_t id : ids)
+      want.insert(want.end(), all.begin() + id * cols, all.begin() + (id + 1) * cols);
     EXPECT_EQ(max_norm_error(out.get_f32(), want), 0.0);
     out.check_untouched("out");
     t.check_untouched("table", true);
@@ -152,8 +153,10 @@ TEST_P(Rowwise, RmsnormStridedAndInPlace) {
 TEST_P(Rowwise, RopeBothLayouts) {
   Random rng(41);
   for (bool interleaved : {false, true}) {
-    for (auto [n, heads, dim] : {std::tuple<int64_t, int32_t, int32_t>{1, 9, 64}, {5, 3, 64}, {4, 2, 6}}) {
-      SCOPED_TRACE(testing::Message() << "interleaved=" << interleaved << " n=" << n << " dim=" << dim);
+    for (auto [n, heads, dim] :
+         {std::tuple<int64_t, int32_t, int32_t>{1, 9, 64}, {5, 3, 64}, {4, 2, 6}}) {
+      SCOPED_TRACE(testing::Message()
+                   << "interleaved=" << interleaved << " n=" << n << " dim=" << dim);
       const int64_t cols = int64_t{heads} * dim;
       std::vector<float> x = rng.uniform(n * cols);
       std::vector<int32_t> pos(n);
@@ -215,7 +218,8 @@ TEST_P(Rowwise, SiluMulAndAdd) {
   Random rng(61);
   for (auto [n, cols] : {std::pair<int64_t, int64_t>{1, 1536}, {3, 7}}) {
     const std::vector<float> g = rng.uniform(n * cols, -8.0f, 8.0f), u = rng.uniform(n * cols);
-    DeviceTensor dg(backend(), DType::F32, n, cols, (cols + 1) * 4), du(backend(), DType::F32, n, cols);
+    DeviceTensor dg(backend(), DType::F32, n, cols, (cols + 1) * 4),
+        du(backend(), DType::F32, n, cols);
     DeviceTensor out(backend(), DType::F32, n, cols, 0, 4);
     dg.set_f32(g);
     du.set_f32(u);

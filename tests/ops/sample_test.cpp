@@ -28,10 +28,10 @@ TEST_P(Sampling, ArgmaxTakesLowestIndexAmongTies) {
 
 TEST_P(Sampling, MatchesReferenceUnderEveryFilter) {
   Random rng(81);
-  const SamplingParams params[] = {
-      {0.0f, 0, 1.0f},  {1.0f, 0, 1.0f},   {0.7f, 40, 1.0f}, {1.3f, 0, 0.9f},
-      {0.8f, 50, 0.95f}, {1.0f, 1, 1.0f},  {1.0f, 0, 0.0f},  {0.5f, 5000, 0.5f},
-      {2.0f, 0, 0.999f}, {1.0f, 100000, 1.0f}};
+  const SamplingParams params[] = {{0.0f, 0, 1.0f},     {1.0f, 0, 1.0f},    {0.7f, 40, 1.0f},
+                                   {1.3f, 0, 0.9f},     {0.8f, 50, 0.95f},  {1.0f, 1, 1.0f},
+                                   {1.0f, 0, 0.0f},     {0.5f, 5000, 0.5f}, {2.0f, 0, 0.999f},
+                                   {1.0f, 100000, 1.0f}};
   for (int64_t vocab : {int64_t{1}, int64_t{7}, int64_t{5000}}) {
     const int64_t rows = 40;
     std::vector<float> logits = rng.uniform(rows * vocab, -6.0f, 6.0f);
@@ -46,8 +46,9 @@ TEST_P(Sampling, MatchesReferenceUnderEveryFilter) {
     DeviceTensor dl(backend(), DType::F32, rows, vocab);
     dl.set_f32(logits);
     // SamplingParams travel as raw bytes so that a device backend can receive them too.
-    DeviceArray dp(backend(), std::vector<int32_t>(reinterpret_cast<const int32_t*>(p.data()),
-                                                   reinterpret_cast<const int32_t*>(p.data() + rows)));
+    DeviceArray dp(backend(),
+                   std::vector<int32_t>(reinterpret_cast<const int32_t*>(p.data()),
+                                        reinterpret_cast<const int32_t*>(p.data() + rows)));
     DeviceArray du(backend(), u);
     DeviceArray out(backend(), std::vector<int32_t>(rows, -1));
     ops->sample(dl, reinterpret_cast<const SamplingParams*>(dp.i32()), du.f32(), out.mutable_i32());
@@ -55,8 +56,8 @@ TEST_P(Sampling, MatchesReferenceUnderEveryFilter) {
     for (int64_t i = 0; i < rows; ++i) {
       const std::vector<float> row(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab);
       EXPECT_EQ(got[i], ref::sample(row, p[i], u[i]))
-          << "vocab " << vocab << " row " << i << " T=" << p[i].temperature
-          << " k=" << p[i].top_k << " p=" << p[i].top_p << " u=" << u[i];
+          << "vocab " << vocab << " row " << i << " T=" << p[i].temperature << " k=" << p[i].top_k
+          << " p=" << p[i].top_p << " u=" << u[i];
     }
   }
 }

@@ -28,8 +28,8 @@ void check_batch(const Tensor& q, const Tensor& k_cache, const AttentionBatch& b
   for (int32_t s = 0; s < batch.num_seqs; ++s) {
     const int32_t q_len = batch.query_start[s + 1] - batch.query_start[s];
     const int32_t ctx = batch.context_len[s];
-    MIL_CHECK(q_len >= 0 && ctx >= q_len, "attention: sequence {} has {} queries but context {}",
-              s, q_len, ctx);
+    MIL_CHECK(q_len >= 0 && ctx >= q_len, "attention: sequence {} has {} queries but context {}", s,
+              q_len, ctx);
     const int64_t blocks = (static_cast<int64_t>(ctx) + batch.block_size - 1) / batch.block_size;
     MIL_CHECK(blocks <= batch.max_blocks_per_seq,
               "attention: sequence {} needs {} blocks, block table has {}", s, blocks,
@@ -38,8 +38,8 @@ void check_batch(const Tensor& q, const Tensor& k_cache, const AttentionBatch& b
       const int64_t id = batch.block_table[s * batch.max_blocks_per_seq + b];
       const int64_t used = std::min<int64_t>(batch.block_size, ctx - b * batch.block_size);
       MIL_CHECK(id >= 0 && id * batch.block_size + used <= k_cache.rows,
-                "attention: sequence {} block {} -> {} is outside the cache ({} slots)", s, b,
-                id, k_cache.rows);
+                "attention: sequence {} block {} -> {} is outside the cache ({} slots)", s, b, id,
+                k_cache.rows);
     }
   }
 }
@@ -94,10 +94,10 @@ void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
 
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t <= pos; ++t) {
-        const int64_t slot = int64_t{table[t / batch.block_size]} * batch.block_size +
-                             t % batch.block_size;
-        const float sc = kern.dot_f32(qh.data(), k_cache.row<const float>(slot) + kv_col, dim) *
-                         shape.scale;
+        const int64_t slot =
+            int64_t{table[t / batch.block_size]} * batch.block_size + t % batch.block_size;
+        const float sc =
+            kern.dot_f32(qh.data(), k_cache.row<const float>(slot) + kv_col, dim) * shape.scale;
         scores[t] = sc;
         max_score = std::max(max_score, sc);
       }
@@ -110,8 +110,8 @@ void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
       std::fill(o, o + dim, 0.0f);
       const float inv = 1.0f / sum;
       for (int64_t t = 0; t <= pos; ++t) {
-        const int64_t slot = int64_t{table[t / batch.block_size]} * batch.block_size +
-                             t % batch.block_size;
+        const int64_t slot =
+            int64_t{table[t / batch.block_size]} * batch.block_size + t % batch.block_size;
         kern.axpy_f32(scores[t] * inv, v_cache.row<const float>(slot) + kv_col, o, dim);
       }
     }

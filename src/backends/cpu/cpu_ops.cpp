@@ -27,8 +27,7 @@ void check_f32(const Tensor& t, const char* op, const char* name) {
   MIL_CHECK(t.dtype == DType::F32, "{}: {} is {}, expected F32", op, name, shape_string(t));
   MIL_CHECK(t.rows <= 1 || (t.row_stride % sizeof(float) == 0 &&
                             t.row_stride >= static_cast<size_t>(t.cols) * sizeof(float)),
-            "{}: {} has row_stride {} bytes for {} floats per row", op, name, t.row_stride,
-            t.cols);
+            "{}: {} has row_stride {} bytes for {} floats per row", op, name, t.row_stride, t.cols);
 }
 
 namespace {
@@ -75,8 +74,7 @@ class CpuOps final : public Ops {
                 table.rows);
     }
     for (int64_t i = 0; i < out.rows; ++i) {
-      dequant_row(table.dtype, table.row<const std::byte>(ids[i]), table.cols,
-                  out.row<float>(i));
+      dequant_row(table.dtype, table.row<const std::byte>(ids[i]), table.cols, out.row<float>(i));
     }
   }
 
@@ -104,8 +102,7 @@ class CpuOps final : public Ops {
     check_f32(x, "rope", "x");
     check_f32(inv_freq, "rope", "inv_freq");
     MIL_CHECK(head_dim > 0 && head_dim % 2 == 0 && x.cols % head_dim == 0,
-              "rope: head_dim {} does not divide the {} columns of x into pairs", head_dim,
-              x.cols);
+              "rope: head_dim {} does not divide the {} columns of x into pairs", head_dim, x.cols);
     const int32_t half = head_dim / 2;
     MIL_CHECK(inv_freq.rows == 1 && inv_freq.cols == half, "rope: inv_freq is {}, expected 1 x {}",
               shape_string(inv_freq), half);
@@ -195,7 +192,8 @@ class CpuOps final : public Ops {
   void argmax(const Tensor& logits, int32_t* out) override {
     check_f32(logits, "argmax", "logits");
     MIL_CHECK(logits.cols > 0, "argmax: logits {} have no columns", shape_string(logits));
-    for (int64_t i = 0; i < logits.rows; ++i) out[i] = argmax_row(logits.row<const float>(i), logits.cols);
+    for (int64_t i = 0; i < logits.rows; ++i)
+      out[i] = argmax_row(logits.row<const float>(i), logits.cols);
   }
 
   void sample(const Tensor& logits, const SamplingParams* params, const float* uniforms,
@@ -205,8 +203,8 @@ class CpuOps final : public Ops {
     MIL_CHECK(logits.rows == 0 || (params != nullptr && uniforms != nullptr && out != nullptr),
               "sample: params, uniforms and out are required");
     for (int64_t i = 0; i < logits.rows; ++i) {
-      MIL_CHECK(uniforms[i] >= 0.0f && uniforms[i] < 1.0f, "sample: uniform {} of row {} is not in [0, 1)",
-                uniforms[i], i);
+      MIL_CHECK(uniforms[i] >= 0.0f && uniforms[i] < 1.0f,
+                "sample: uniform {} of row {} is not in [0, 1)", uniforms[i], i);
       out[i] = sample_row(logits.row<const float>(i), logits.cols, params[i], uniforms[i],
                           probs_scratch_, ids_scratch_);
     }

@@ -73,19 +73,27 @@ const Kernels* avx512_kernels();
 
 inline QuantTileFn quant_tile_fn(const Kernels& k, DType t) {
   switch (t) {
-    case DType::Q8_0: return k.q8_0;
-    case DType::Q4_0: return k.q4_0;
-    case DType::Q4_1: return k.q4_1;
-    default: return nullptr;
+    case DType::Q8_0:
+      return k.q8_0;
+    case DType::Q4_0:
+      return k.q4_0;
+    case DType::Q4_1:
+      return k.q4_1;
+    default:
+      return nullptr;
   }
 }
 
 inline FloatTileFn float_tile_fn(const Kernels& k, DType t) {
   switch (t) {
-    case DType::F32: return k.f32;
-    case DType::F16: return k.f16;
-    case DType::BF16: return k.bf16;
-    default: return nullptr;
+    case DType::F32:
+      return k.f32;
+    case DType::F16:
+      return k.f16;
+    case DType::BF16:
+      return k.bf16;
+    default:
+      return nullptr;
   }
 }
 

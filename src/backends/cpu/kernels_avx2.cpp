@@ -48,8 +48,8 @@ MIL_AVX2 void quantize_row(const float* x, int64_t nb, int8_t* qs, float* ds) {
     const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
     __m256i q[4];
     for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], id));
-    const int sum = hsum_i32(
-        _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    const int sum =
+        hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     // packs interleave 128-bit lanes; the permute restores element order.
     const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
     const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
@@ -167,10 +167,14 @@ MIL_AVX2 void quant_tile_rows(const QuantTile& t) {
 template <DType kType>
 MIL_AVX2 void quant_tile(const QuantTile& t) {
   switch (t.x_rows) {
-    case 1: return quant_tile_rows<kType, 1>(t);
-    case 2: return quant_tile_rows<kType, 2>(t);
-    case 3: return quant_tile_rows<kType, 3>(t);
-    default: return quant_tile_rows<kType, 4>(t);
+    case 1:
+      return quant_tile_rows<kType, 1>(t);
+    case 2:
+      return quant_tile_rows<kType, 2>(t);
+    case 3:
+      return quant_tile_rows<kType, 3>(t);
+    default:
+      return quant_tile_rows<kType, 4>(t);
   }
 }
 
@@ -226,7 +230,8 @@ MIL_AVX2 void float_tile_rows(const FloatTile& t) {
       __m256 a = acc[0][i];
       if constexpr (kSets == 2) a = _mm256_add_ps(a, acc[1][i]);
       float v = hsum(a);
-      for (int64_t j = k; j < t.k; ++j) v += load1<kType>(row + j * kElem) * t.x[i * t.x_stride + j];
+      for (int64_t j = k; j < t.k; ++j)
+        v += load1<kType>(row + j * kElem) * t.x[i * t.x_stride + j];
       t.y[i * t.y_stride + r] = v;
     }
   }
@@ -235,10 +240,14 @@ MIL_AVX2 void float_tile_rows(const FloatTile& t) {
 template <DType kType>
 MIL_AVX2 void float_tile(const FloatTile& t) {
   switch (t.x_rows) {
-    case 1: return float_tile_rows<kType, 1>(t);
-    case 2: return float_tile_rows<kType, 2>(t);
-    case 3: return float_tile_rows<kType, 3>(t);
-    default: return float_tile_rows<kType, 4>(t);
+    case 1:
+      return float_tile_rows<kType, 1>(t);
+    case 2:
+      return float_tile_rows<kType, 2>(t);
+    case 3:
+      return float_tile_rows<kType, 3>(t);
+    default:
+      return float_tile_rows<kType, 4>(t);
   }
 }
 

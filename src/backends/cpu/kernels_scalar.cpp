@@ -2,6 +2,7 @@
 // tested against. The integer math is the same as in the SIMD kernels (exact int32 block
 // sums, then one f32 scale per block), so the tables differ only in f32 summation order.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/cpu/dequant.h"
@@ -136,9 +137,14 @@ const Kernels kScalar = {
 const Kernels* scalar_kernels() { return &kScalar; }
 
 const Kernels& kernels() {
+  // MIL_CPU_KERNELS=scalar|avx2|avx512vnni picks a weaker table (benchmarks, bug hunts).
   static const Kernels* best = [] {
     const Kernels* all[4];
     const int n = available_kernels(all, 4);
+    const char* want = std::getenv("MIL_CPU_KERNELS");
+    for (int i = 0; want != nullptr && i < n; ++i) {
+      if (std::strcmp(all[i]->name, want) == 0) return all[i];
+    }
     return all[n - 1];
   }();
   return *best;

@@ -81,8 +81,7 @@ void matmul_float(const Tensor& x, const Tensor& w, const Tensor& y, int threads
   }
 }
 
-void matmul_quant(const Tensor& x, const Tensor& w, const Tensor& y, int threads,
-                  Workspace& ws) {
+void matmul_quant(const Tensor& x, const Tensor& w, const Tensor& y, int threads, Workspace& ws) {
   const int64_t n = x.rows, k = w.cols, m = w.rows;
   const int64_t nb = k / kQuantBlock;
   const Kernels& kern = kernels();
