@@ -2,11 +2,15 @@
 // vocab 49152) for every weight dtype. n=1 is decode (reported as GB/s of weight bytes
 // read), n=64 is prefill (reported as GFLOP/s).
 //
+// make_cpu_ops keeps activations in f32 (quantized weights dequantized in registers);
+// the matmul_int8/ variants run the same shapes through make_cpu_ops_int8 (llama.cpp-style
+// 8-bit activations), the speed bar the f32 path is measured against.
+//
 // "hot" runs reuse one weight matrix, which then sits in L2/L3: a kernel-throughput
 // figure. "cold" rotates through enough copies to exceed the last-level cache, as a real
 // decode step does (the whole model is ~100 MB): the memory-bound figure.
 //
-//   bench_ops --benchmark_filter='Q4_1/.*/n=1/'   # one dtype, decode
+//   bench_ops --benchmark_filter='Q4_1/.*/n=1/'   # one dtype, decode, both paths
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -71,8 +75,10 @@ void fill_weights(DType dtype, void* data, size_t bytes, std::mt19937& gen) {
   }
 }
 
+enum class Path { kDefault, kInt8, kExact };
+
 void bench_matmul(benchmark::State& state, DType dtype, Shape shape, int64_t n, int threads,
-                  bool cold, bool exact) {
+                  bool cold, Path path) {
   const size_t wbytes = mil::row_bytes(dtype, shape.k) * shape.m;
   const size_t copies = cold ? std::max<size_t>(2, (kColdBytes + wbytes - 1) / wbytes) : 1;
   std::vector<mil::HostBuffer> weights;
@@ -84,7 +90,9 @@ void bench_matmul(benchmark::State& state, DType dtype, Shape shape, int64_t n, 
   mil::OwnedTensor x(DType::F32, n, shape.k), y(DType::F32, n, shape.m);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (int64_t i = 0; i < n * shape.k; ++i) x.ptr<float>()[i] = dist(gen);
-  auto ops = exact ? mil::make_cpu_ops_exact(threads) : mil::make_cpu_ops(threads);
+  auto ops = path == Path::kExact  ? mil::make_cpu_ops_exact(threads)
+             : path == Path::kInt8 ? mil::make_cpu_ops_int8(threads)
+                                   : mil::make_cpu_ops(threads);
 
   size_t next = 0;
   for (auto _ : state) {
@@ -106,24 +114,30 @@ void register_all() {
         for (int threads : {1, 2}) {
           for (bool cold : {false, true}) {
             if (cold && n != 1) continue;  // prefill reuses weights; cache state hardly matters
-            const std::string name = std::string("matmul/") + std::string(mil::dtype_name(dtype)) +
-                                     "/" + shape.what + "_" + std::to_string(shape.m) + "x" +
-                                     std::to_string(shape.k) + "/n=" + std::to_string(n) +
-                                     "/t=" + std::to_string(threads) + (cold ? "/cold" : "/hot");
-            benchmark::RegisterBenchmark(name.c_str(), bench_matmul, dtype, shape, n, threads, cold,
-                                         false)
-                ->UseRealTime()
-                ->Unit(benchmark::kMicrosecond);
+            for (Path path : {Path::kDefault, Path::kInt8}) {
+              // Float weights run the same kernels on both paths.
+              if (path == Path::kInt8 && !mil::is_quantized(dtype)) continue;
+              const std::string name =
+                  std::string(path == Path::kInt8 ? "matmul_int8/" : "matmul/") +
+                  std::string(mil::dtype_name(dtype)) + "/" + shape.what + "_" +
+                  std::to_string(shape.m) + "x" + std::to_string(shape.k) +
+                  "/n=" + std::to_string(n) + "/t=" + std::to_string(threads) +
+                  (cold ? "/cold" : "/hot");
+              benchmark::RegisterBenchmark(name.c_str(), bench_matmul, dtype, shape, n, threads,
+                                           cold, path)
+                  ->UseRealTime()
+                  ->Unit(benchmark::kMicrosecond);
+            }
           }
         }
       }
     }
   }
-  // The exact (f32 activation) path, for the cost of golden-test mode.
+  // The exact (scalar reference) path, for the cost of golden-test mode.
   for (int64_t n : {1, 64}) {
     benchmark::RegisterBenchmark(
         ("matmul_exact/Q4_1/gate_up_1536x576/n=" + std::to_string(n) + "/t=2/hot").c_str(),
-        bench_matmul, DType::Q4_1, kShapes[2], n, 2, false, true)
+        bench_matmul, DType::Q4_1, kShapes[2], n, 2, false, Path::kExact)
         ->UseRealTime()
         ->Unit(benchmark::kMicrosecond);
   }

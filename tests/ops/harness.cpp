@@ -28,8 +28,12 @@ DeviceMemory host_memory() {
 
 std::vector<BackendUnderTest> backends_under_test() {
   std::vector<BackendUnderTest> all;
-  all.push_back({"cpu_fast_1t", [] { return make_cpu_ops(1); }, host_memory(), Device::CPU, true});
-  all.push_back({"cpu_fast_2t", [] { return make_cpu_ops(2); }, host_memory(), Device::CPU, true});
+  all.push_back({"cpu_fast_1t", [] { return make_cpu_ops(1); }, host_memory(), Device::CPU, false});
+  all.push_back({"cpu_fast_2t", [] { return make_cpu_ops(2); }, host_memory(), Device::CPU, false});
+  all.push_back(
+      {"cpu_int8_1t", [] { return make_cpu_ops_int8(1); }, host_memory(), Device::CPU, true});
+  all.push_back(
+      {"cpu_int8_2t", [] { return make_cpu_ops_int8(2); }, host_memory(), Device::CPU, true});
   all.push_back(
       {"cpu_exact_2t", [] { return make_cpu_ops_exact(2); }, host_memory(), Device::CPU, false});
   return all;

@@ -30,8 +30,8 @@ struct BackendUnderTest {
   std::function<std::unique_ptr<Ops>()> make;
   DeviceMemory memory;
   Device device = Device::CPU;
-  // Quantized matmuls round activations to 8 bits (llama.cpp style), so they meet a looser
-  // tolerance against the f32 reference than exact backends.
+  // Quantized matmuls round activations to 8 bits (llama.cpp style, make_cpu_ops_int8), so
+  // they meet a looser tolerance against the f32 reference than f32-activation backends.
   bool int8_activations = false;
 };
 

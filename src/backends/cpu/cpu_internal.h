@@ -27,9 +27,16 @@ class Workspace {
   std::vector<std::byte> buffer_;
 };
 
+// How matmul treats Q8_0/Q4_0/Q4_1 weights (float weights always take the f32 kernels).
+enum class MatmulPath {
+  kF32,    // f32 activations, weights dequantized in registers by the SIMD kernels
+  kInt8,   // activations quantized to 8 bits per block, integer dot products (llama.cpp)
+  kExact,  // reference: each weight row dequantized to a buffer, then plain f32 dots
+};
+
 struct MatmulMode {
   int threads = 1;
-  bool exact = false;  // dequantize weights and keep activations f32
+  MatmulPath path = MatmulPath::kF32;
 };
 
 void matmul(const Tensor& x, const Tensor& w, const Tensor& y, const MatmulMode& mode,

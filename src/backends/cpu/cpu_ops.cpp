@@ -40,13 +40,13 @@ void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const ch
 
 class CpuOps final : public Ops {
  public:
-  CpuOps(int num_threads, bool exact)
-      : threads_(num_threads > 0 ? num_threads : omp_get_max_threads()), exact_(exact) {}
+  CpuOps(int num_threads, MatmulPath path)
+      : threads_(num_threads > 0 ? num_threads : omp_get_max_threads()), path_(path) {}
 
   Device device() const override { return Device::CPU; }
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& y) override {
-    cpu::matmul(x, w, y, MatmulMode{threads_, exact_}, ws_);
+    cpu::matmul(x, w, y, MatmulMode{threads_, path_}, ws_);
   }
 
   void add_bias(const Tensor& y, const Tensor& bias) override {
@@ -212,7 +212,7 @@ class CpuOps final : public Ops {
 
  private:
   int threads_;
-  bool exact_;
+  MatmulPath path_;
   Workspace ws_;
   std::vector<float> rope_scratch_, probs_scratch_;
   std::vector<int32_t> ids_scratch_;
@@ -222,11 +222,15 @@ class CpuOps final : public Ops {
 }  // namespace cpu
 
 std::unique_ptr<Ops> make_cpu_ops(int num_threads) {
-  return std::make_unique<cpu::CpuOps>(num_threads, /*exact=*/false);
+  return std::make_unique<cpu::CpuOps>(num_threads, cpu::MatmulPath::kF32);
+}
+
+std::unique_ptr<Ops> make_cpu_ops_int8(int num_threads) {
+  return std::make_unique<cpu::CpuOps>(num_threads, cpu::MatmulPath::kInt8);
 }
 
 std::unique_ptr<Ops> make_cpu_ops_exact(int num_threads) {
-  return std::make_unique<cpu::CpuOps>(num_threads, /*exact=*/true);
+  return std::make_unique<cpu::CpuOps>(num_threads, cpu::MatmulPath::kExact);
 }
 
 }  // namespace mil

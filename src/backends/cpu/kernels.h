@@ -36,8 +36,11 @@ struct QuantTile {
   size_t y_stride = 0;  // floats between y rows
 };
 
+// One tile of y = x w^T with f32 activations. The weight is F32, F16 or BF16 elements, or
+// Q8_0/Q4_0/Q4_1 blocks that the kernel dequantizes to f32 in registers (k is then a
+// multiple of 32): the result is the f32 dot product of x with the dequantized weight.
 struct FloatTile {
-  const std::byte* w = nullptr;  // F32, F16 or BF16 elements
+  const std::byte* w = nullptr;
   size_t w_stride = 0;
   int64_t w_rows = 0;
   int64_t k = 0;  // elements per row
@@ -55,8 +58,10 @@ struct Kernels {
   const char* name;
   // Quantizes one row of nb * 32 floats.
   void (*quantize_row)(const float* x, int64_t nb, int8_t* qs, float* ds);
+  // Quantized weights with 8-bit activations (llama.cpp's method; make_cpu_ops_int8).
   QuantTileFn q8_0, q4_0, q4_1;
-  FloatTileFn f32, f16, bf16;
+  // f32 activations: float weights, and quantized weights dequantized on the fly.
+  FloatTileFn f32, f16, bf16, f32x_q8_0, f32x_q4_0, f32x_q4_1;
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);  // y += a * x
 };
@@ -92,6 +97,12 @@ inline FloatTileFn float_tile_fn(const Kernels& k, DType t) {
       return k.f16;
     case DType::BF16:
       return k.bf16;
+    case DType::Q8_0:
+      return k.f32x_q8_0;
+    case DType::Q4_0:
+      return k.f32x_q4_0;
+    case DType::Q4_1:
+      return k.f32x_q4_1;
     default:
       return nullptr;
   }

@@ -251,6 +251,77 @@ MIL_AVX2 void float_tile(const FloatTile& t) {
   }
 }
 
+// ---- f32 activations, quantized weights dequantized in registers ----
+//
+// One block's 32 weights as four vectors of 8 f32 in element order, with the values of the
+// scalar dequantization (see kernels_avx512.cpp for why the fused forms round the same).
+template <DType kType>
+MIL_AVX2 inline void decode_block(const std::byte* blk, __m256 w[4]) {
+  using Tr = QuantTraits<kType>;
+  if constexpr (kType == DType::Q8_0) {
+    const __m256 d = _mm256_cvtph_ps(_mm_broadcastw_epi16(_mm_loadu_si16(blk)));
+    for (int j = 0; j < 4; ++j) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + Tr::kQs + 8 * j));
+      w[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+    }
+  } else {
+    __m256 d, m;
+    if constexpr (kType == DType::Q4_1) {
+      const __m256 dm = _mm256_cvtph_ps(_mm_broadcastd_epi32(_mm_loadu_si32(blk)));
+      d = _mm256_moveldup_ps(dm);
+      m = _mm256_movehdup_ps(dm);
+    } else {
+      d = _mm256_cvtph_ps(_mm_broadcastw_epi16(_mm_loadu_si16(blk)));
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+    }
+    // Bytes 0..7 hold elements 0..7 (low nibbles) and 16..23 (high), bytes 8..15 the rest.
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + Tr::kQs + 8 * h)));
+      const __m256i lo = _mm256_and_si256(q, _mm256_set1_epi32(15));
+      w[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), d, m);
+      w[2 + h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(q, 4)), d, m);
+    }
+  }
+}
+
+// R activation rows share each decoded block; two accumulators per row (even and odd
+// vectors of the block) are as many as 16 ymm registers allow at four rows.
+template <DType kType, int R>
+MIL_AVX2 void f32x_tile_rows(const FloatTile& t) {
+  using Tr = QuantTraits<kType>;
+  const int64_t nb = t.k / kQuantBlock;
+  for (int64_t r = 0; r < t.w_rows; ++r) {
+    const std::byte* row = t.w + r * t.w_stride;
+    __m256 acc[R][2];
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 w[4];
+      decode_block<kType>(row + b * Tr::kBytes, w);
+      for (int i = 0; i < R; ++i) {
+        const float* x = t.x + i * t.x_stride + b * kQuantBlock;
+        for (int j = 0; j < 4; ++j)
+          acc[i][j & 1] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x + 8 * j), acc[i][j & 1]);
+      }
+    }
+    for (int i = 0; i < R; ++i) t.y[i * t.y_stride + r] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+  }
+}
+
+template <DType kType>
+MIL_AVX2 void f32x_tile(const FloatTile& t) {
+  switch (t.x_rows) {
+    case 1:
+      return f32x_tile_rows<kType, 1>(t);
+    case 2:
+      return f32x_tile_rows<kType, 2>(t);
+    case 3:
+      return f32x_tile_rows<kType, 3>(t);
+    default:
+      return f32x_tile_rows<kType, 4>(t);
+  }
+}
+
 MIL_AVX2 float dot_f32(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -284,6 +355,9 @@ const Kernels kAvx2 = {
     float_tile<DType::F32>,
     float_tile<DType::F16>,
     float_tile<DType::BF16>,
+    f32x_tile<DType::Q8_0>,
+    f32x_tile<DType::Q4_0>,
+    f32x_tile<DType::Q4_1>,
     dot_f32,
     axpy_f32,
 };

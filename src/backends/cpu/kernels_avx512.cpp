@@ -3,6 +3,9 @@
 // the u8 x s8 multiply-add that AVX2 needs maddubs + madd for. Activations are quantized
 // exactly as by the AVX2 table (its quantize_row is reused), so the two tables differ only
 // in f32 summation order.
+//
+// The f32-activation kernels for quantized weights (make_cpu_ops' default path) widen bytes
+// to dwords and convert them to f32 in registers; they need only AVX-512F.
 // GCC 12 warns inside its own AVX-512 headers (PR 105593: the "undefined" source operands
 // of masked intrinsics); the warning points into the header, so silence it there only.
 #pragma GCC diagnostic push
@@ -253,6 +256,95 @@ MIL_AVX512 void float_tile(const FloatTile& t) {
   }
 }
 
+// ---- f32 activations, quantized weights dequantized in registers ----
+//
+// One block's 32 weights become two vectors of 16 f32 (elements 0..15 and 16..31) with the
+// same values as the scalar dequantization: Q4_0's (q - 8) * d is computed as
+// fma(q, d, -8 d), which rounds once like the product it replaces (-8 d is exact); Q4_1's
+// q * d + m rounds once instead of twice (at most 1 ulp of the weight apart).
+template <DType kType>
+MIL_AVX512 inline void decode_block(const std::byte* blk, __m512* lo, __m512* hi) {
+  if constexpr (kType == DType::Q8_0) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_broadcastw_epi16(_mm_loadu_si16(blk)));
+    const auto* q = reinterpret_cast<const __m128i*>(blk + 2);
+    *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))), d);
+    *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))), d);
+  } else {
+    __m512 d, m;
+    if constexpr (kType == DType::Q4_1) {
+      // (d, m) pairs in every lane, then each one spread by an in-lane shuffle.
+      const __m512 dm = _mm512_cvtph_ps(_mm256_broadcastd_epi32(_mm_loadu_si32(blk)));
+      d = _mm512_moveldup_ps(dm);
+      m = _mm512_movehdup_ps(dm);
+    } else {
+      d = _mm512_cvtph_ps(_mm256_broadcastw_epi16(_mm_loadu_si16(blk)));
+      m = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
+    }
+    // Each dword holds one byte, i.e. two nibbles: the low one is element j, the high one
+    // element j + 16.
+    const __m512i q = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQsOffset<kType>)));
+    *lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(15))), d, m);
+    *hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4)), d, m);
+  }
+}
+
+// R activation rows share each decoded block. With one or two rows, two accumulator sets
+// (even/odd blocks) keep enough independent FMA chains in flight.
+template <DType kType, int R>
+MIL_AVX512 void f32x_tile_rows(const FloatTile& t) {
+  constexpr size_t kB = kBlockBytes<kType>;
+  constexpr int kSets = R <= 2 ? 2 : 1;
+  const int64_t nb = t.k / kQuantBlock;
+  for (int64_t r = 0; r < t.w_rows; ++r) {
+    const std::byte* row = t.w + r * t.w_stride;
+    __m512 acc[kSets][R][2];
+    for (int s = 0; s < kSets; ++s) {
+      for (int i = 0; i < R; ++i) acc[s][i][0] = acc[s][i][1] = _mm512_setzero_ps();
+    }
+    int64_t b = 0;
+    for (; b + kSets <= nb; b += kSets) {
+      for (int s = 0; s < kSets; ++s) {
+        __m512 lo, hi;
+        decode_block<kType>(row + (b + s) * kB, &lo, &hi);
+        for (int i = 0; i < R; ++i) {
+          const float* x = t.x + i * t.x_stride + (b + s) * kQuantBlock;
+          acc[s][i][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc[s][i][0]);
+          acc[s][i][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), acc[s][i][1]);
+        }
+      }
+    }
+    if (b < nb) {  // odd block count with two sets
+      __m512 lo, hi;
+      decode_block<kType>(row + b * kB, &lo, &hi);
+      for (int i = 0; i < R; ++i) {
+        const float* x = t.x + i * t.x_stride + b * kQuantBlock;
+        acc[0][i][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc[0][i][0]);
+        acc[0][i][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), acc[0][i][1]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      __m512 a = _mm512_add_ps(acc[0][i][0], acc[0][i][1]);
+      if constexpr (kSets == 2) a = _mm512_add_ps(a, _mm512_add_ps(acc[1][i][0], acc[1][i][1]));
+      t.y[i * t.y_stride + r] = hsum(a);
+    }
+  }
+}
+
+template <DType kType>
+MIL_AVX512 void f32x_tile(const FloatTile& t) {
+  switch (t.x_rows) {
+    case 1:
+      return f32x_tile_rows<kType, 1>(t);
+    case 2:
+      return f32x_tile_rows<kType, 2>(t);
+    case 3:
+      return f32x_tile_rows<kType, 3>(t);
+    default:
+      return f32x_tile_rows<kType, 4>(t);
+  }
+}
+
 Kernels make_table() {
   Kernels k = *avx2_kernels();  // quantize_row, dot_f32 and axpy_f32 stay AVX2
   k.name = "avx512vnni";
@@ -262,6 +354,9 @@ Kernels make_table() {
   k.f32 = float_tile<DType::F32>;
   k.f16 = float_tile<DType::F16>;
   k.bf16 = float_tile<DType::BF16>;
+  k.f32x_q8_0 = f32x_tile<DType::Q8_0>;
+  k.f32x_q4_0 = f32x_tile<DType::Q4_0>;
+  k.f32x_q4_1 = f32x_tile<DType::Q4_1>;
   return k;
 }
 

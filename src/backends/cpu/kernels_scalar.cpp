@@ -89,15 +89,16 @@ template <DType kType>
 void float_tile(const FloatTile& t) {
   // Converting a row once and reusing it for every activation row; the buffer is on the
   // stack in chunks so that no allocation happens here.
+  // The chunk is a multiple of the quantization block, so quantized rows split cleanly.
   constexpr int64_t kChunk = 256;
+  static_assert(kChunk % kQuantBlock == 0);
   float wbuf[kChunk];
-  const size_t elem = block_bytes(kType);
   for (int64_t r = 0; r < t.w_rows; ++r) {
     const std::byte* row = t.w + r * t.w_stride;
     float acc[kMaxTileRows] = {};
     for (int64_t k0 = 0; k0 < t.k; k0 += kChunk) {
       const int64_t len = t.k - k0 < kChunk ? t.k - k0 : kChunk;
-      dequant_row(kType, row + k0 * elem, len, wbuf);
+      dequant_row(kType, row + row_bytes(kType, k0), len, wbuf);
       for (int i = 0; i < t.x_rows; ++i) {
         const float* x = t.x + i * t.x_stride + k0;
         float s = 0.0f;
@@ -128,6 +129,9 @@ const Kernels kScalar = {
     float_tile<DType::F32>,
     float_tile<DType::F16>,
     float_tile<DType::BF16>,
+    float_tile<DType::Q8_0>,
+    float_tile<DType::Q4_0>,
+    float_tile<DType::Q4_1>,
     dot_f32,
     axpy_f32,
 };

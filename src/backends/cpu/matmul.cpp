@@ -1,5 +1,6 @@
-// Matmul driver: checks shapes, quantizes the activations once, splits weight rows across
-// threads and walks the (weight rows x activation rows) tiles in cache-friendly order.
+// Matmul driver: checks shapes, picks the path (f32 activations by default; int8 activations
+// quantized once per call for make_cpu_ops_int8), splits weight rows across threads and
+// walks the (weight rows x activation rows) tiles in cache-friendly order.
 #include <omp.h>
 
 #include <algorithm>
@@ -138,8 +139,9 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& y, const MatmulMode&
             row_bytes(w.dtype, w.cols));
   if (x.rows == 0 || w.rows == 0) return;
   const int threads = std::max(1, mode.threads);
-  if (mode.exact) return matmul_exact(x, w, y, threads);
-  if (is_quantized(w.dtype)) return matmul_quant(x, w, y, threads, ws);
+  if (mode.path == MatmulPath::kExact) return matmul_exact(x, w, y, threads);
+  if (mode.path == MatmulPath::kInt8 && is_quantized(w.dtype))
+    return matmul_quant(x, w, y, threads, ws);
   matmul_float(x, w, y, threads);
 }
 
