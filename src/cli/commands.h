@@ -21,6 +21,7 @@ struct ModelOptions {
   std::string model_id;
   int threads = 0;  // 0: all cores
   bool exact = false;
+  bool int8 = false;
   int64_t max_tokens_per_step = 512;
   void add_to(CLI::App& cmd);
 };

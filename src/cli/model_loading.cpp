@@ -11,7 +11,11 @@ void ModelOptions::add_to(CLI::App& cmd) {
   cmd.add_option("--model-id", model_id, "HF model directory or GGUF file")->required();
   cmd.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd.add_flag("--exact", exact,
-               "keep activations in f32 for quantized weights (slower; the golden-test path)");
+               "plain scalar reference kernels (slow; an accuracy yardstick)");
+  cmd.add_flag("--int8", int8,
+               "quantize activations to 8 bits for quantized weights, as llama.cpp does (faster "
+               "at one thread, less accurate on models with outlier activations)")
+      ->excludes("--exact");
   cmd.add_option("--max-batch-tokens", max_tokens_per_step, "tokens per forward step (prefill chunk)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
@@ -22,7 +26,9 @@ LoadedModel load_model(const ModelOptions& options) {
   const int threads = options.threads > 0
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  m.ops = options.exact ? make_cpu_ops_exact(threads) : make_cpu_ops(threads);
+  m.ops = options.exact  ? make_cpu_ops_exact(threads)
+          : options.int8 ? make_cpu_ops_int8(threads)
+                         : make_cpu_ops(threads);
   m.weights = std::make_unique<LlamaWeights>(open_weight_source(options.model_id), ShardSpec{});
   m.model = std::make_unique<LlamaModel>(*m.weights, *m.ops, options.max_tokens_per_step);
   return m;

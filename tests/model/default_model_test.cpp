@@ -1,14 +1,13 @@
 // The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against transformers, which loads the
 // same GGUF and dequantizes it to f32. make test sets MIL_DEFAULT_MODEL to the fetched file.
 //
-// Two CPU paths are checked:
-// - exact: weights dequantized to f32 and dotted in f32, like transformers. The only
-//   differences are f32 summation order over 30 layers, so logits agree to the golden's
-//   tolerance.
-// - fast (the default): activations quantized to 8 bits per block of 32 before the integer dot
-//   products, as llama.cpp does. Each activation then carries up to 1/254 of its block's
-//   largest magnitude as rounding error; through 30 layers this moves logits (magnitude ~20)
-//   by a few tenths at most: kFastLogitsMaxAbs. Greedy tokens must still match exactly.
+// Both CPU matmul paths keep activations in f32, as transformers does after dequantizing:
+// - exact: plain scalar dequantization and dot products (the reference kernels);
+// - fast (the default): weights dequantized in SIMD registers.
+// The only differences left are f32 summation order over 30 layers, so both are held to the
+// golden's tolerance and must reproduce its greedy tokens. (The llama.cpp-style int8 path,
+// make_cpu_ops_int8, is off by up to 1.6 in these logits and changes the greedy answer to the
+// default prompt, whose first-token margin is 0.08; it is tested at the op level only.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,8 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-constexpr double kFastLogitsMaxAbs = 0.5;
 
 const fs::path kFixture = fs::path(MIL_FIXTURES_DIR) / "smollm2";
 
@@ -61,9 +58,7 @@ class DefaultModel : public testing::TestWithParam<bool> {
     ASSERT_EQ(weights_->config().vocab_size, vocab_);
   }
 
-  double tolerance() const {
-    return exact_ ? golden_.at("tolerance").at("logits_max_abs").get<double>() : kFastLogitsMaxAbs;
-  }
+  double tolerance() const { return golden_.at("tolerance").at("logits_max_abs").get<double>(); }
 
   bool exact_ = true;
   json golden_;

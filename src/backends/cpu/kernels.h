@@ -22,10 +22,15 @@ struct QuantizedActs {
 
 // Most activation rows one kernel call handles: each weight block is decoded once and
 // reused for this many rows, which makes prefill compute-bound instead of bandwidth-bound.
+// QuantTileFn takes up to kMaxTileRows rows; FloatTileFn up to kMaxFloatTileRows, because
+// f32 FMAs do 4x less work per instruction than the 8-bit dot products, so the decode
+// (and the weight loads) must be spread over more rows. Tables whose registers hold fewer
+// rows split a wide tile internally.
 constexpr int kMaxTileRows = 4;
+constexpr int kMaxFloatTileRows = 8;
 
 // One tile of y = x w^T: y[i * y_stride + r] for weight rows r < w_rows and activation rows
-// i < x_rows (x_rows <= kMaxTileRows).
+// i < x_rows (x_rows <= kMaxTileRows; kMaxFloatTileRows for FloatTile).
 struct QuantTile {
   const std::byte* w = nullptr;  // first weight row; blocks of the weight's dtype
   size_t w_stride = 0;           // bytes between weight rows
@@ -53,6 +58,15 @@ struct FloatTile {
 
 using QuantTileFn = void (*)(const QuantTile&);
 using FloatTileFn = void (*)(const FloatTile&);
+
+// The activation rows of t from `first` on, as a tile of their own.
+inline FloatTile tile_rows_from(const FloatTile& t, int first) {
+  FloatTile rest = t;
+  rest.x += static_cast<size_t>(first) * t.x_stride;
+  rest.y += static_cast<size_t>(first) * t.y_stride;
+  rest.x_rows = t.x_rows - first;
+  return rest;
+}
 
 struct Kernels {
   const char* name;

@@ -246,8 +246,11 @@ MIL_AVX2 void float_tile(const FloatTile& t) {
       return float_tile_rows<kType, 2>(t);
     case 3:
       return float_tile_rows<kType, 3>(t);
-    default:
+    case 4:
       return float_tile_rows<kType, 4>(t);
+    default:  // 16 ymm registers hold the accumulators of four rows at most
+      float_tile_rows<kType, 4>(t);
+      return float_tile<kType>(tile_rows_from(t, 4));
   }
 }
 
@@ -317,8 +320,11 @@ MIL_AVX2 void f32x_tile(const FloatTile& t) {
       return f32x_tile_rows<kType, 2>(t);
     case 3:
       return f32x_tile_rows<kType, 3>(t);
-    default:
+    case 4:
       return f32x_tile_rows<kType, 4>(t);
+    default:  // 16 ymm registers hold the accumulators of four rows at most
+      f32x_tile_rows<kType, 4>(t);
+      return f32x_tile<kType>(tile_rows_from(t, 4));
   }
 }
 

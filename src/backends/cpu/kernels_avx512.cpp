@@ -4,8 +4,10 @@
 // exactly as by the AVX2 table (its quantize_row is reused), so the two tables differ only
 // in f32 summation order.
 //
-// The f32-activation kernels for quantized weights (make_cpu_ops' default path) widen bytes
-// to dwords and convert them to f32 in registers; they need only AVX-512F.
+// The f32-activation kernels for quantized weights (make_cpu_ops' default path) widen the
+// codes to dwords and turn them into f32 weights in registers; with f32 FMAs doing 16 MACs
+// per instruction against vpdpbusd's 64, they tile up to 8 activation rows to keep prefill
+// close to the int8 kernels, and decode stays near memory speed.
 // GCC 12 warns inside its own AVX-512 headers (PR 105593: the "undefined" source operands
 // of masked intrinsics); the warning points into the header, so silence it there only.
 #pragma GCC diagnostic push
@@ -251,17 +253,24 @@ MIL_AVX512 void float_tile(const FloatTile& t) {
       return float_tile_rows<kType, 2>(t);
     case 3:
       return float_tile_rows<kType, 3>(t);
-    default:
+    case 4:
       return float_tile_rows<kType, 4>(t);
+    case 8:
+      return float_tile_rows<kType, 8>(t);
+    default:  // 5..7 rows, the last tile of a prefill: four, then the rest
+      float_tile_rows<kType, 4>(t);
+      return float_tile<kType>(tile_rows_from(t, 4));
   }
 }
 
 // ---- f32 activations, quantized weights dequantized in registers ----
 //
 // One block's 32 weights become two vectors of 16 f32 (elements 0..15 and 16..31) with the
-// same values as the scalar dequantization: Q4_0's (q - 8) * d is computed as
-// fma(q, d, -8 d), which rounds once like the product it replaces (-8 d is exact); Q4_1's
-// q * d + m rounds once instead of twice (at most 1 ulp of the weight apart).
+// same values as the scalar dequantization. 4-bit codes go through a 16-entry table of the
+// block's dequantized values, table[q] = q * d + m (Q4_0: (q - 8) * d): vpermps indexes it
+// with the low 4 bits of each dword, so one FMA per block replaces an FMA and an int->float
+// conversion per 16 weights, and the low nibbles need no mask. Q4_1's q * d + m rounds
+// once instead of twice (at most 1 ulp of the weight apart); Q4_0's product is exact.
 template <DType kType>
 MIL_AVX512 inline void decode_block(const std::byte* blk, __m512* lo, __m512* hi) {
   if constexpr (kType == DType::Q8_0) {
@@ -270,22 +279,24 @@ MIL_AVX512 inline void decode_block(const std::byte* blk, __m512* lo, __m512* hi
     *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q))), d);
     *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1))), d);
   } else {
-    __m512 d, m;
+    __m512 table;
     if constexpr (kType == DType::Q4_1) {
       // (d, m) pairs in every lane, then each one spread by an in-lane shuffle.
-      const __m512 dm = _mm512_cvtph_ps(_mm256_broadcastd_epi32(_mm_loadu_si32(blk)));
-      d = _mm512_moveldup_ps(dm);
-      m = _mm512_movehdup_ps(dm);
+      const __m128 dm = _mm_cvtph_ps(_mm_loadu_si32(blk));
+      const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      table = _mm512_fmadd_ps(iota, _mm512_broadcastss_ps(dm),
+                              _mm512_broadcastss_ps(_mm_movehdup_ps(dm)));
     } else {
-      d = _mm512_cvtph_ps(_mm256_broadcastw_epi16(_mm_loadu_si16(blk)));
-      m = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
+      const __m512 d = _mm512_cvtph_ps(_mm256_broadcastw_epi16(_mm_loadu_si16(blk)));
+      const __m512 iota = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+      table = _mm512_mul_ps(iota, d);
     }
     // Each dword holds one byte, i.e. two nibbles: the low one is element j, the high one
     // element j + 16.
     const __m512i q = _mm512_cvtepu8_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQsOffset<kType>)));
-    *lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(15))), d, m);
-    *hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4)), d, m);
+    *lo = _mm512_permutexvar_ps(q, table);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
   }
 }
 
@@ -340,8 +351,13 @@ MIL_AVX512 void f32x_tile(const FloatTile& t) {
       return f32x_tile_rows<kType, 2>(t);
     case 3:
       return f32x_tile_rows<kType, 3>(t);
-    default:
+    case 4:
       return f32x_tile_rows<kType, 4>(t);
+    case 8:
+      return f32x_tile_rows<kType, 8>(t);
+    default:  // 5..7 rows, the last tile of a prefill: four, then the rest
+      f32x_tile_rows<kType, 4>(t);
+      return f32x_tile<kType>(tile_rows_from(t, 4));
   }
 }
 

@@ -95,7 +95,7 @@ void float_tile(const FloatTile& t) {
   float wbuf[kChunk];
   for (int64_t r = 0; r < t.w_rows; ++r) {
     const std::byte* row = t.w + r * t.w_stride;
-    float acc[kMaxTileRows] = {};
+    float acc[kMaxFloatTileRows] = {};
     for (int64_t k0 = 0; k0 < t.k; k0 += kChunk) {
       const int64_t len = t.k - k0 < kChunk ? t.k - k0 : kChunk;
       dequant_row(kType, row + row_bytes(kType, k0), len, wbuf);

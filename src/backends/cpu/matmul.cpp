@@ -72,9 +72,9 @@ void matmul_float(const Tensor& x, const Tensor& w, const Tensor& y, int threads
       t.k = k;
       t.x_stride = x.row_stride / sizeof(float);
       t.y_stride = y.row_stride / sizeof(float);
-      for (int64_t i = 0; i < n; i += kMaxTileRows) {
+      for (int64_t i = 0; i < n; i += kMaxFloatTileRows) {
         t.x = x.row<const float>(i);
-        t.x_rows = static_cast<int>(std::min<int64_t>(kMaxTileRows, n - i));
+        t.x_rows = static_cast<int>(std::min<int64_t>(kMaxFloatTileRows, n - i));
         t.y = y.row<float>(i) + c;
         fn(t);
       }
