@@ -2,7 +2,7 @@
 # Installs the Debian packages MIL builds with, only those missing.
 set -euo pipefail
 packages=(g++ cmake ninja-build ccache pkg-config python3 python3-venv python3-pip
-          libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
+          libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
           libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev libboost-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -15,6 +15,7 @@ namespace mil::cli {
 void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_info_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 // Options every model-running command shares.
 struct ModelOptions {

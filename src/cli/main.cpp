@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   mil::cli::add_generate_command(app);
   mil::cli::add_bench_command(app);
   mil::cli::add_info_command(app);
+  mil::cli::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
