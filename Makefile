@@ -33,8 +33,8 @@ test: setup build
 	MIL_DEFAULT_MODEL="$(MODEL)" ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
 serve: setup build
-	$(BUILD)/src/mil generate --model-id "$(MODEL)" --max-new-tokens 64 \
-	  --prompt-ids "$$(cat scripts/default_prompt_ids.txt)"
+	$(BUILD)/src/mil generate --model-id "$(MODEL)" --max-new-tokens 64 --chat \
+	  --prompt "What is the capital of France?"
 
 bench: setup build
 	scripts/bench_cpu.sh "$(MODEL)"
