@@ -11,6 +11,13 @@
 // decode step does (the whole model is ~100 MB): the memory-bound figure.
 //
 //   bench_ops --benchmark_filter='Q4_1/.*/n=1/'   # one dtype, decode, both paths
+//
+// lora/ runs multi-LoRA shrink + expand (f32, rank 16) on a decode batch of 32 rows:
+// "distinct" puts every row on its own adapter (BGMV, one segment per row), "same" puts
+// all rows on one adapter (one SGMV segment); lora/base/ is the base matmul of that batch
+// alone, the cost the adapters add to.
+//
+//   bench_ops --benchmark_filter='^lora/'
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -107,7 +114,85 @@ void bench_matmul(benchmark::State& state, DType dtype, Shape shape, int64_t n, 
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// One LoRA projection (in -> out) for `slots` adapters of rank `rank`, f32.
+struct LoraBench {
+  LoraBench(int64_t in, int64_t out, int64_t rank, int slots, std::mt19937& gen) {
+    std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+    for (int s = 0; s < slots; ++s) {
+      weights.emplace_back(mil::DType::F32, rank, in);
+      weights.emplace_back(mil::DType::F32, out, rank);
+      for (int w = 1; w <= 2; ++w) {
+        mil::OwnedTensor& t = weights[weights.size() - w];
+        for (int64_t i = 0; i < t.view().rows * t.view().cols; ++i) t.ptr<float>()[i] = dist(gen);
+      }
+    }
+    for (int s = 0; s < slots; ++s) {
+      a.push_back(weights[2 * s].view());
+      b.push_back(weights[2 * s + 1].view());
+      scale.push_back(2.0f);
+    }
+    proj = {a.data(), b.data(), scale.data(), slots};
+  }
+  std::vector<mil::OwnedTensor> weights;
+  std::vector<mil::Tensor> a, b;
+  std::vector<float> scale;
+  mil::LoraProjection proj;
+};
+
+constexpr int64_t kLoraRows = 32, kLoraRank = 16;
+
+// distinct: row i on adapter i (one segment per row); otherwise all rows on adapter 0.
+void bench_lora(benchmark::State& state, Shape shape, bool distinct, int threads) {
+  std::mt19937 gen(3);
+  LoraBench lora(shape.k, shape.m, kLoraRank, static_cast<int>(kLoraRows), gen);
+  std::vector<mil::LoraSegment> segs;
+  if (distinct) {
+    for (int32_t i = 0; i < kLoraRows; ++i) segs.push_back({i, i + 1, i});
+  } else {
+    segs.push_back({0, static_cast<int32_t>(kLoraRows), 0});
+  }
+  mil::OwnedTensor x(DType::F32, kLoraRows, shape.k), y(DType::F32, kLoraRows, shape.m),
+      v(DType::F32, kLoraRows, kLoraRank);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t i = 0; i < kLoraRows * shape.k; ++i) x.ptr<float>()[i] = dist(gen);
+  for (int64_t i = 0; i < kLoraRows * shape.m; ++i) y.ptr<float>()[i] = 0.0f;
+  auto ops = mil::make_cpu_ops(threads);
+  const auto count = static_cast<int32_t>(segs.size());
+  for (auto _ : state) {
+    ops->lora_shrink(x, lora.proj, segs.data(), count, v);
+    ops->lora_expand(v, lora.proj, segs.data(), count, y);
+    benchmark::DoNotOptimize(y.ptr<float>());
+  }
+  // Adapter bytes read per call: every used adapter's A and B once.
+  const double used = distinct ? static_cast<double>(kLoraRows) : 1.0;
+  state.counters["adapter_MB"] =
+      used * static_cast<double>(kLoraRank * (shape.k + shape.m) * 4) / 1e6;
+}
+
+void register_lora() {
+  const Shape shapes[] = {kShapes[0], kShapes[2]};  // q/o 576 -> 576, gate 576 -> 1536
+  for (const Shape& shape : shapes) {
+    const std::string dims = std::string(shape.what) + "_" + std::to_string(shape.m) + "x" +
+                             std::to_string(shape.k) + "/n=" + std::to_string(kLoraRows) + "/t=1";
+    for (bool distinct : {true, false}) {
+      const std::string name = std::string("lora/r16/") + (distinct ? "distinct/" : "same/") + dims;
+      benchmark::RegisterBenchmark(name.c_str(), bench_lora, shape, distinct, 1)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+    for (DType dtype : {DType::BF16, DType::Q4_1}) {
+      const std::string name =
+          std::string("lora/base/") + std::string(mil::dtype_name(dtype)) + "/" + dims;
+      benchmark::RegisterBenchmark(name.c_str(), bench_matmul, dtype, shape, kLoraRows, 1, false,
+                                   Path::kDefault)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+}
+
 void register_all() {
+  register_lora();
   for (DType dtype : kDtypes) {
     for (const Shape& shape : kShapes) {
       for (int64_t n : {1, 64}) {

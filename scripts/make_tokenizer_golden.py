@@ -19,11 +19,18 @@ same package versions rewrites byte-identical files.  Writes, under --out:
                          "decoded" (decode(ids, skip_special_tokens=False)), "decoded_skip" (True)}
   <tok>/decode_cases.jsonl  decode() of id prefixes that may cut a UTF-8 sequence:
                         {"ids", "decoded", "decoded_skip"}
+  spm_gguf/tokenizer.gguf  the sentencepiece_bpe vocabulary as a vocabulary-only GGUF
+                        (tokenizer.ggml.model "llama": tokens, scores, token types; no merges),
+                        with golden.jsonl and decode_cases.jsonl (as above) from transformers'
+                        tokenizer for it (AutoTokenizer.from_pretrained(dir, gguf_file=...)'s,
+                        loaded without torch: see load_gguf_tokenizer_without_torch); decoded
+                        strings from its backend tokenizers.Tokenizer (see write_spm_gguf)
   chat/<template>.json  chat templates rendered by transformers' apply_chat_template
   VERSIONS.json         package versions, GGUF sha256, file list
 
 Tokenizers: smollm2 (rebuilt from the GGUF as the Hub ships it), bytelevel_llama3,
-sentencepiece_bpe, metaspace_bpe, added_tokens (trained here).
+sentencepiece_bpe, metaspace_bpe, added_tokens (trained here), spm_gguf (sentencepiece_bpe's
+vocabulary through a GGUF).  `--only spm_gguf` regenerates that part alone.
 """
 
 from __future__ import annotations
@@ -657,6 +664,139 @@ def build_sentencepiece(corpus, rng):
     return sp, ms, cfg
 
 
+def build_spm_gguf(sp_json_path: str, gguf_path: str) -> dict:
+    """A vocabulary-only GGUF (tokenizer.ggml.model "llama", as llama.cpp writes Llama 2's) holding
+    the sentencepiece_bpe vocabulary: tokens, scores and token types, no merges.
+
+    Readers rebuild the merges from the scores (transformers' generate_merges: every split of a
+    piece into two vocabulary pieces, best score first), so a piece's score is -(1 + the rank of
+    the merge that made it); pieces of the alphabet score below every merged piece; <unk>, <s>,
+    </s> and the byte pieces score 0, as in Llama 2's.  Types: 1 normal, 2 unknown, 3 control,
+    6 byte."""
+    import gguf
+
+    with open(sp_json_path, encoding="utf-8") as f:
+        model = json.load(f)["model"]
+    tokens = [None] * len(model["vocab"])
+    for t, i in model["vocab"].items():
+        tokens[i] = t
+    assert all(t is not None for t in tokens)
+    rank: dict[str, int] = {}
+    for r, m in enumerate(model["merges"]):
+        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        rank.setdefault(a + b, r)
+    n_merges = len(model["merges"])
+    scores, types = [], []
+    for i, t in enumerate(tokens):
+        if t == "<unk>":
+            types.append(2); scores.append(0.0)
+        elif t in ("<s>", "</s>"):
+            types.append(3); scores.append(0.0)
+        elif len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            types.append(6); scores.append(0.0)
+        else:
+            types.append(1)
+            scores.append(-float(1 + rank[t]) if t in rank else -float(1 + n_merges + i))
+    assert tokens[:3] == ["<unk>", "<s>", "</s>"]
+    w = gguf.GGUFWriter(gguf_path, "llama")
+    # llama.* hyperparameters: what AutoConfig / AutoTokenizer (with torch) read to make a model
+    # config from a GGUF; made up, there are no tensors
+    w.add_context_length(4096)
+    w.add_embedding_length(64)
+    w.add_block_count(1)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(4)
+    w.add_rope_dimension_count(16)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"n_tokens": len(tokens), "n_merged_pieces": len(rank)}
+
+
+def load_gguf_tokenizer_without_torch(d: str, gguf_file: str):
+    """What AutoTokenizer.from_pretrained(d, gguf_file=gguf_file) returns for a "llama" GGUF,
+    without torch.
+
+    AutoTokenizer first builds the model config from the GGUF, which for "llama" goes through
+    load_gguf_checkpoint and needs torch; the config only picks the class, and for LlamaConfig
+    that is TokenizersBackend (TOKENIZER_MAPPING has no "llama" entry), so this calls
+    TokenizersBackend.from_pretrained(d, gguf_file=...) directly.  That path reads the metadata
+    with transformers' GGUF reader, a module that imports torch for its tensor helpers only; it
+    is imported with an inert stand-in for torch, removed again right after."""
+    import importlib.util
+    import types
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    assert "llama" not in TOKENIZER_MAPPING_NAMES
+    if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
+        class _Inert(types.ModuleType):
+            def __getattr__(self, name):
+                if name.startswith("__"):
+                    raise AttributeError(name)
+                return type(name, (), {})
+
+        sys.modules["torch"] = _Inert("torch")
+        try:
+            import transformers.integrations.gguf.reader  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    tok = TokenizersBackend.from_pretrained(d, gguf_file=gguf_file)
+    assert type(tok) is TokenizersBackend
+    return tok
+
+
+def write_spm_gguf(d: str, texts: list[str], sp_json_path: str) -> dict:
+    """spm_gguf/: tokenizer.gguf and, from transformers' tokenizer for it (AutoTokenizer's for
+    gguf_file="tokenizer.gguf", see load_gguf_tokenizer_without_torch), golden.jsonl and
+    decode_cases.jsonl.  ids are transformers' encode(text[, add_special_tokens=False]); the
+    decoded strings are its backend tokenizers.Tokenizer's decode() (tokenizers semantics, no
+    clean_up_tokenization_spaces), asserted equal to transformers' decode() on every line."""
+    from tokenizers import Tokenizer
+
+    os.makedirs(d, exist_ok=True)
+    gguf_path = os.path.join(d, "tokenizer.gguf")
+    info = build_spm_gguf(sp_json_path, gguf_path)
+    hf = load_gguf_tokenizer_without_torch(d, "tokenizer.gguf")
+    back = hf.backend_tokenizer
+    n_diff_plain = 0
+    with open(os.path.join(d, "golden.jsonl"), "w", encoding="utf-8", newline="\n") as f:
+        for t in texts:
+            ids = hf.encode(t)
+            plain = hf.encode(t, add_special_tokens=False)
+            assert ids == back.encode(t, add_special_tokens=True).ids, t
+            assert plain == back.encode(t, add_special_tokens=False).ids, t
+            n_diff_plain += ids != plain
+            dec = back.decode(ids, skip_special_tokens=False)
+            dec_skip = back.decode(ids, skip_special_tokens=True)
+            assert dec == hf.decode(ids, skip_special_tokens=False), t
+            assert dec_skip == hf.decode(ids, skip_special_tokens=True), t
+            f.write(dumps({"text": t, "ids": ids, "ids_plain": plain, "decoded": dec,
+                           "decoded_skip": dec_skip}) + "\n")
+    nc = write_decode_cases(back, texts, random.Random(SEED + 7), os.path.join(d, "decode_cases.jsonl"))
+    # how far the GGUF round trip moves tokenization away from the tokenizer.json it came from
+    sp = Tokenizer.from_file(sp_json_path)
+    same_as_json = sum(sp.encode(t, add_special_tokens=False).ids == hf.encode(t, add_special_tokens=False)
+                       for t in texts)
+    return {"vocab_size_with_added": back.get_vocab_size(True), "cases": len(texts),
+            "cases_where_ids_differ_from_ids_plain": n_diff_plain, "decode_cases": nc,
+            "gguf_bytes": os.path.getsize(gguf_path), "n_merged_pieces": info["n_merged_pieces"],
+            "cases_where_ids_plain_equal_sentencepiece_bpe": same_as_json}
+
+
 # --------------------------------------------------------------------------------------------
 # golden
 
@@ -740,7 +880,7 @@ def main():
     ap.add_argument("--llamacpp-python", default=".venv-bench/bin/python",
                     help="a python with llama-cpp-python, for the smollm2 cross-check ('' to skip)")
     ap.add_argument("--only", default="", help="comma list: corpus,smollm2,bytelevel_llama3,"
-                    "sentencepiece_bpe,metaspace_bpe,added_tokens,chat")
+                    "sentencepiece_bpe,metaspace_bpe,added_tokens,spm_gguf,chat")
     args = ap.parse_args()
 
     import tokenizers
@@ -827,6 +967,12 @@ def main():
         save_tok("sentencepiece_bpe", sp, spcfg)
         save_tok("metaspace_bpe", ms, spcfg)
 
+    if want("spm_gguf"):
+        # from the sentencepiece_bpe vocabulary on disk (written above, or by an earlier run)
+        summary["spm_gguf"] = write_spm_gguf(os.path.join(out, "spm_gguf"), texts,
+                                             os.path.join(out, "sentencepiece_bpe", "tokenizer.json"))
+        print("spm_gguf", summary["spm_gguf"])
+
     if want("chat"):
         summary["chat"] = write_chat(os.path.join(out, "chat"), os.path.join(out, "smollm2", "tokenizer.json"),
                                      build_smollm2(args.gguf)[2]["chat_template"])
@@ -841,6 +987,13 @@ def main():
                 continue
             files[rel] = {"bytes": os.path.getsize(p), "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()}
     versions["files"] = files
+    if only:
+        # a partial run keeps the summaries of the parts it did not regenerate
+        try:
+            with open(os.path.join(out, "VERSIONS.json"), encoding="utf-8") as f:
+                summary = {**json.load(f).get("summary", {}), **summary}
+        except FileNotFoundError:
+            pass
     versions["summary"] = summary
     with open(os.path.join(out, "VERSIONS.json"), "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(versions, ensure_ascii=False, indent=1, sort_keys=True) + "\n")

@@ -39,6 +39,26 @@ struct SamplingParams {
   float top_p = 1.0f;
 };
 
+// Multi-LoRA (Punica's SGMV/BGMV): the rows of a step are grouped into segments of
+// consecutive rows that share an adapter slot. A decode batch with a different adapter on
+// every row is simply one segment per row.
+struct LoraSegment {
+  int32_t row_begin = 0;
+  int32_t row_end = 0;  // exclusive
+  int32_t slot = -1;    // adapter slot, -1 = base model (no adapter: both ops skip the rows)
+};
+
+// One target projection (say layer 3's q_proj) for every adapter slot: slot s adds
+// scale[s] * (x · a[s]^T) · b[s]^T to the projection's output. a[s]: f32 [rank_s, in],
+// b[s]: f32 [out, rank_s]; an empty a[s] means the adapter in slot s does not touch this
+// projection. Ranks differ between slots. Arrays hold num_slots entries.
+struct LoraProjection {
+  const Tensor* a = nullptr;
+  const Tensor* b = nullptr;
+  const float* scale = nullptr;
+  int32_t num_slots = 0;
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -69,6 +89,13 @@ class Ops {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   // out = a + b. out may alias a.
   virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // Shrink: v[rows of each segment, 0:rank] = x[rows] · a[slot]^T, kept in f32. Rows of base
+  // segments and of slots without this projection are left as they are. v: f32 [n, >= max rank].
+  virtual void lora_shrink(const Tensor& x, const LoraProjection& proj, const LoraSegment* segments,
+                           int32_t num_segments, const Tensor& v) = 0;
+  // Expand: y[rows] += scale[slot] * v[rows, 0:rank] · b[slot]^T for every adapter segment.
+  virtual void lora_expand(const Tensor& v, const LoraProjection& proj, const LoraSegment* segments,
+                           int32_t num_segments, const Tensor& y) = 0;
   // out[i] = argmax of logits row i (the lowest index among ties).
   virtual void argmax(const Tensor& logits, int32_t* out) = 0;
   // out[i] drawn from row i under params[i], using uniforms[i] in [0, 1) as the only

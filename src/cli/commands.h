@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backends/ops.h"
+#include "lora/adapter_store.h"
 #include "model/llama.h"
 
 namespace mil::cli {
@@ -24,6 +25,9 @@ struct ModelOptions {
   bool exact = false;
   bool int8 = false;
   int64_t max_tokens_per_step = 512;
+  std::vector<std::string> lora_adapters;  // NAME=PATH, registered at start-up
+  bool merge_adapter = false;               // fold the single adapter into the weights
+  int max_resident_adapters = 32;
   void add_to(CLI::App& cmd);
 };
 
@@ -31,10 +35,13 @@ struct ModelOptions {
 struct LoadedModel {
   std::unique_ptr<Ops> ops;
   std::unique_ptr<LlamaWeights> weights;
+  std::unique_ptr<AdapterStore> adapters;  // null when no adapter was given or it was merged
   std::unique_ptr<LlamaModel> model;
 };
 LoadedModel load_model(const ModelOptions& options);
 
 std::vector<int32_t> parse_token_ids(const std::string& text);
+// "NAME=PATH" -> {NAME, PATH}.
+std::pair<std::string, std::string> split_adapter_spec(const std::string& spec);
 
 }  // namespace mil::cli

@@ -18,6 +18,7 @@ struct GenerateOptions {
   bool chat = false;
   std::string system;
   bool show_special = false;
+  std::string adapter;
   GenerationParams gen;
   int64_t context = 0;  // 0: prompt + max_new_tokens
 };
@@ -32,7 +33,15 @@ const char* finish_name(FinishReason r) {
   return "?";
 }
 
-void run_generate(const GenerateOptions& o) {
+void run_generate(GenerateOptions o) {
+  if (!o.adapter.empty()) {
+    if (o.adapter.find('=') != std::string::npos) {
+      o.model.lora_adapters.push_back(o.adapter);
+      o.adapter = split_adapter_spec(o.adapter).first;
+    }
+    // A merged adapter is part of the weights: the prompt runs on the "base".
+    o.gen.adapter = o.model.merge_adapter ? "" : o.adapter;
+  }
   std::optional<ModelTokenizer> text;
   std::vector<int32_t> prompt;
   if (!o.prompt_ids.empty()) {
@@ -91,6 +100,8 @@ void add_generate_command(CLI::App& app) {
       ->needs(prompt);
   cmd->add_option("--system", options->system, "system message for --chat")->needs("--chat");
   cmd->add_flag("--show-special", options->show_special, "print special tokens such as EOS");
+  cmd->add_option("--adapter", options->adapter,
+                  "LoRA adapter for this prompt: NAME (one of --lora-adapters) or NAME=PATH");
   cmd->add_option("--max-new-tokens", options->gen.max_new_tokens, "tokens to generate at most")
       ->capture_default_str()->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--temperature", options->gen.sampling.temperature, "0: greedy")

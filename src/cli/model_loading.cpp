@@ -4,6 +4,7 @@
 #include "backends/cpu/cpu_ops.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "lora/adapter.h"
 
 namespace mil::cli {
 
@@ -19,6 +20,23 @@ void ModelOptions::add_to(CLI::App& cmd) {
   cmd.add_option("--max-batch-tokens", max_tokens_per_step, "tokens per forward step (prefill chunk)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
+  cmd.add_option("--lora-adapters", lora_adapters,
+                 "PEFT LoRA adapters to register, NAME=PATH (comma separated or repeated)")
+      ->delimiter(',');
+  cmd.add_flag("--merge-adapter", merge_adapter,
+               "fold the one registered adapter into the base weights (single-adapter serving)");
+  cmd.add_option("--max-resident-adapters", max_resident_adapters,
+                 "adapters kept in memory at once (least recently used ones are evicted)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+}
+
+std::pair<std::string, std::string> split_adapter_spec(const std::string& spec) {
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+    fail("adapter '{}': expected NAME=PATH", spec);
+  }
+  return {spec.substr(0, eq), spec.substr(eq + 1)};
 }
 
 LoadedModel load_model(const ModelOptions& options) {
@@ -30,7 +48,21 @@ LoadedModel load_model(const ModelOptions& options) {
           : options.int8 ? make_cpu_ops_int8(threads)
                          : make_cpu_ops(threads);
   m.weights = std::make_unique<LlamaWeights>(open_weight_source(options.model_id), ShardSpec{});
-  m.model = std::make_unique<LlamaModel>(*m.weights, *m.ops, options.max_tokens_per_step);
+  if (options.merge_adapter) {
+    MIL_CHECK(options.lora_adapters.size() == 1, "--merge-adapter needs exactly one adapter");
+    const auto [name, path] = split_adapter_spec(options.lora_adapters[0]);
+    m.weights->merge_lora(load_lora_adapter(name, path, m.weights->config(), ShardSpec{}));
+  } else if (!options.lora_adapters.empty()) {
+    m.adapters = std::make_unique<AdapterStore>(
+        m.weights->config(), ShardSpec{},
+        AdapterStore::Limits{options.max_resident_adapters, size_t{8} << 30});
+    for (const std::string& spec : options.lora_adapters) {
+      const auto [name, path] = split_adapter_spec(spec);
+      m.adapters->add(name, path);
+    }
+  }
+  m.model = std::make_unique<LlamaModel>(*m.weights, *m.ops, options.max_tokens_per_step,
+                                         m.adapters.get());
   return m;
 }
 

@@ -2,17 +2,35 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <memory>
 
 #include "core/error.h"
 
 namespace mil {
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
 }
 
 }  // namespace
+
+struct Generator::Sequence {
+  size_t index = 0;
+  const GenerationParams* params = nullptr;
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  size_t prompt_len = 0;
+  int32_t computed = 0;         // tokens whose keys/values are in the cache
+  std::vector<int32_t> blocks;
+  int32_t slot = -1;            // adapter slot, -1 = base model
+  Sampler sampler{{}, 0};
+  GenerationResult result;
+  bool done = false;
+  Clock::time_point first_token;
+};
 
 Generator::Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size)
     : model_(model),
@@ -20,124 +38,272 @@ Generator::Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size)
       allocator_(cache_.num_blocks()),
       kv_tokens_(kv_tokens) {}
 
-Tensor Generator::run(const std::vector<int32_t>& tokens, int32_t start,
-                      std::vector<int32_t>& blocks, bool all_logits) {
+void Generator::validate(const std::vector<GenerationRequest>& requests, bool prompt_only) const {
+  const int64_t vocab = model_.config().vocab_size;
   const int32_t bs = cache_.block_size();
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t context = start + n;
-  const int64_t needed = (context + bs - 1) / bs - static_cast<int64_t>(blocks.size());
-  if (needed > 0 && !allocator_.allocate(needed, blocks)) {
-    fail("KV cache full: {} tokens do not fit in {} slots", context, kv_tokens_);
-  }
-  StepBatch step;
-  step.token_ids = tokens;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t pos = static_cast<int32_t>(start + i);
-    step.positions.push_back(pos);
-    step.slots.push_back(blocks[pos / bs] * bs + pos % bs);
-  }
-  step.query_start = {0, static_cast<int32_t>(n)};
-  step.context_len = {static_cast<int32_t>(context)};
-  step.block_table = blocks;
-  step.max_blocks_per_seq = static_cast<int32_t>(blocks.size());
-  if (all_logits) {
-    for (int64_t i = 0; i < n; ++i) step.logit_rows.push_back(static_cast<int32_t>(i));
-  } else {
-    step.logit_rows = {static_cast<int32_t>(n - 1)};
-  }
-  return model_.forward(step, cache_);
-}
-
-Tensor Generator::prompt_logits(const std::vector<int32_t>& prompt) {
-  MIL_CHECK(!prompt.empty(), "empty prompt");
-  std::vector<int32_t> blocks;
-  try {
-    // Chunks of at most max_tokens_per_step, like chunked prefill.
-    const int64_t chunk = model_.max_tokens_per_step();
-    OwnedTensor all(DType::F32, static_cast<int64_t>(prompt.size()), model_.config().vocab_size);
-    for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
-      const size_t end = std::min(prompt.size(), begin + static_cast<size_t>(chunk));
-      std::vector<int32_t> part(prompt.begin() + begin, prompt.begin() + end);
-      const Tensor l = run(part, static_cast<int32_t>(begin), blocks, true);
-      for (int64_t r = 0; r < l.rows; ++r) {
-        std::copy_n(l.row<float>(r), l.cols, all.view().row<float>(begin + r));
-      }
+  int64_t blocks = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerationRequest& r = requests[i];
+    MIL_CHECK(!r.prompt.empty(), "request {}: empty prompt", i);
+    MIL_CHECK(r.params.max_new_tokens >= 0, "request {}: max_new_tokens must not be negative", i);
+    for (int32_t id : r.prompt) {
+      MIL_CHECK(id >= 0 && id < vocab, "request {}: token id {} is outside the vocabulary ({})", i,
+                id, vocab);
     }
-    allocator_.release(blocks);
-    last_logits_ = std::move(all);
-    return last_logits_.view();
-  } catch (...) {
-    allocator_.release(blocks);
-    throw;
+    const int64_t tokens =
+        static_cast<int64_t>(r.prompt.size()) + (prompt_only ? 0 : r.params.max_new_tokens);
+    MIL_CHECK(tokens <= model_.config().max_position_embeddings,
+              "request {}: prompt ({} tokens) + max_new_tokens ({}) exceed the model's {} positions",
+              i, r.prompt.size(), r.params.max_new_tokens, model_.config().max_position_embeddings);
+    blocks += (tokens + bs - 1) / bs;
   }
+  MIL_CHECK(blocks <= cache_.num_blocks(),
+            "the requests need {} KV blocks of {} tokens but the cache holds {} ({} tokens)", blocks,
+            bs, cache_.num_blocks(), kv_tokens_);
 }
 
-int32_t Generator::choose(const Tensor& logits_row, Sampler& sampler) {
+StepBatch Generator::build_step(std::vector<Sequence*>& active, bool all_logits,
+                                std::vector<int32_t>& logit_row_of) {
+  const int32_t bs = cache_.block_size();
+  const int64_t budget = model_.max_tokens_per_step();
+  StepBatch step;
+  step.query_start.push_back(0);
+  logit_row_of.assign(active.size(), -1);
+  size_t included = 0;
+  for (size_t i = 0; i < active.size(); ++i) {
+    Sequence& s = *active[i];
+    const int64_t used = static_cast<int64_t>(step.token_ids.size());
+    const int64_t pending = static_cast<int64_t>(s.tokens.size()) - s.computed;
+    const int64_t take = std::min(pending, budget - used);
+    if (take <= 0) break;
+    const int64_t context = s.computed + take;
+    const int64_t needed = (context + bs - 1) / bs - static_cast<int64_t>(s.blocks.size());
+    // validate() reserved room for every request's whole length, so this cannot fail.
+    MIL_CHECK(needed <= 0 || allocator_.allocate(needed, s.blocks), "KV cache exhausted");
+    for (int64_t t = 0; t < take; ++t) {
+      const int32_t pos = static_cast<int32_t>(s.computed + t);
+      step.token_ids.push_back(s.tokens[pos]);
+      step.positions.push_back(pos);
+      step.slots.push_back(s.blocks[pos / bs] * bs + pos % bs);
+      if (all_logits) step.logit_rows.push_back(static_cast<int32_t>(used + t));
+    }
+    if (take == pending && !all_logits) {
+      logit_row_of[i] = static_cast<int32_t>(step.logit_rows.size());
+      step.logit_rows.push_back(static_cast<int32_t>(used + take - 1));
+    }
+    const auto rows_end = static_cast<int32_t>(step.token_ids.size());
+    step.query_start.push_back(rows_end);
+    step.context_len.push_back(static_cast<int32_t>(context));
+    // Consecutive rows of one adapter form one segment (the rows come sorted by slot).
+    if (!step.lora_segments.empty() && step.lora_segments.back().slot == s.slot) {
+      step.lora_segments.back().row_end = rows_end;
+    } else {
+      step.lora_segments.push_back({static_cast<int32_t>(used), rows_end, s.slot});
+    }
+    s.computed = static_cast<int32_t>(context);
+    ++included;
+  }
+  active.resize(included);
+  logit_row_of.resize(included);
+  size_t max_blocks = 0;
+  for (const Sequence* s : active) max_blocks = std::max(max_blocks, s->blocks.size());
+  step.max_blocks_per_seq = static_cast<int32_t>(max_blocks);
+  for (const Sequence* s : active) {
+    step.block_table.insert(step.block_table.end(), s->blocks.begin(), s->blocks.end());
+    step.block_table.resize(step.block_table.size() + (max_blocks - s->blocks.size()), s->blocks[0]);
+  }
+  bool any_adapter = false;
+  for (const LoraSegment& seg : step.lora_segments) any_adapter |= seg.slot >= 0;
+  if (!any_adapter) step.lora_segments.clear();
+  return step;
+}
+
+int32_t Generator::choose(const Tensor& logits, int64_t row, Sampler& sampler) {
+  const Tensor r = logits.slice_rows(row, 1);
   int32_t token = 0;
   if (sampler.greedy()) {
-    model_.ops().argmax(logits_row, &token);
+    model_.ops().argmax(r, &token);
   } else {
     const float u = sampler.next_uniform();
-    model_.ops().sample(logits_row, &sampler.params(), &u, &token);
+    model_.ops().sample(r, &sampler.params(), &u, &token);
   }
   return token;
 }
 
-GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
-                                     const GenerationParams& params,
-                                     const TokenCallback& on_token) {
-  MIL_CHECK(!prompt.empty(), "empty prompt");
-  MIL_CHECK(params.max_new_tokens >= 0, "max_new_tokens must not be negative");
-  const int64_t vocab = model_.config().vocab_size;
-  for (int32_t id : prompt) MIL_CHECK(id >= 0 && id < vocab, "token id {} is outside the vocabulary ({})", id, vocab);
-  MIL_CHECK(static_cast<int64_t>(prompt.size()) + params.max_new_tokens <= kv_tokens_,
-            "prompt ({} tokens) + max_new_tokens ({}) exceed the context of {} tokens",
-            prompt.size(), params.max_new_tokens, kv_tokens_);
+std::vector<GenerationResult> Generator::generate_batch(const std::vector<GenerationRequest>& requests,
+                                                        const BatchTokenCallback& on_token) {
+  validate(requests, false);
+  AdapterStore* store = model_.adapters();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  // Whatever happens, every block and adapter pin goes back.
+  struct Cleanup {
+    Generator& g;
+    std::vector<std::unique_ptr<Sequence>>& seqs;
+    AdapterStore* store;
+    ~Cleanup() {
+      for (auto& s : seqs) {
+        g.allocator_.release(s->blocks);
+        if (s->slot >= 0) store->release(s->slot);
+        s->slot = -1;
+      }
+    }
+  } cleanup{*this, seqs, store};
 
-  std::vector<int32_t> stops = params.stop_token_ids;
-  GenerationResult result;
-  Sampler sampler(params.sampling, params.seed);
-  std::vector<int32_t> blocks;
-  try {
-    auto t0 = std::chrono::steady_clock::now();
-    Tensor logits;
-    const int64_t chunk = model_.max_tokens_per_step();
-    for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
-      const size_t end = std::min(prompt.size(), begin + static_cast<size_t>(chunk));
-      std::vector<int32_t> part(prompt.begin() + begin, prompt.begin() + end);
-      logits = run(part, static_cast<int32_t>(begin), blocks, false);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto s = std::make_unique<Sequence>();
+    s->index = i;
+    s->params = &requests[i].params;
+    s->tokens = requests[i].prompt;
+    s->prompt_len = requests[i].prompt.size();
+    s->sampler = Sampler(requests[i].params.sampling, requests[i].params.seed);
+    s->done = requests[i].params.max_new_tokens == 0;
+    const std::string& adapter = requests[i].params.adapter;
+    if (!adapter.empty()) {
+      MIL_CHECK(store != nullptr, "request {}: adapter '{}' named but no adapters are loaded", i,
+                adapter);
+      s->slot = store->acquire(adapter);
     }
-    result.prefill_seconds = seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    int32_t position = static_cast<int32_t>(prompt.size());
-    while (static_cast<int32_t>(result.tokens.size()) < params.max_new_tokens) {
-      const int32_t token = choose(logits, sampler);
-      result.tokens.push_back(token);
+    seqs.push_back(std::move(s));
+  }
+
+  const Clock::time_point start = Clock::now();
+  std::vector<int32_t> logit_row_of;
+  for (;;) {
+    std::vector<Sequence*> active;
+    for (auto& s : seqs) {
+      if (!s->done) active.push_back(s.get());
+    }
+    if (active.empty()) break;
+    std::stable_sort(active.begin(), active.end(),
+                     [](const Sequence* a, const Sequence* b) { return a->slot < b->slot; });
+    const StepBatch step = build_step(active, false, logit_row_of);
+    const Tensor logits = model_.forward(step, cache_);
+    const Clock::time_point now = Clock::now();
+    for (size_t i = 0; i < active.size(); ++i) {
+      if (logit_row_of[i] < 0) continue;  // prompt not fully read yet
+      Sequence& s = *active[i];
+      const GenerationParams& p = *s.params;
+      const int32_t token = choose(logits, logit_row_of[i], s.sampler);
+      if (s.result.tokens.empty()) s.first_token = now;
+      s.result.tokens.push_back(token);
+      s.tokens.push_back(token);
       const auto& eos = model_.config().eos_token_ids;
-      if (params.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
-        result.finish = FinishReason::EndOfSequence;
-        if (on_token) on_token(token);
-        break;
+      bool finished = true;
+      if (p.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
+        s.result.finish = FinishReason::EndOfSequence;
+      } else if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
+                 p.stop_token_ids.end()) {
+        s.result.finish = FinishReason::StopToken;
+      } else if (static_cast<int32_t>(s.result.tokens.size()) >= p.max_new_tokens) {
+        s.result.finish = FinishReason::Length;
+      } else {
+        finished = false;
       }
-      if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
-        result.finish = FinishReason::StopToken;
-        if (on_token) on_token(token);
-        break;
+      if (on_token && !on_token(s.index, token) && !finished) {
+        s.result.finish = FinishReason::Cancelled;
+        finished = true;
       }
-      if (on_token && !on_token(token)) {
-        result.finish = FinishReason::Cancelled;
-        break;
+      if (finished) {
+        s.done = true;
+        s.result.prefill_seconds = seconds_between(start, s.first_token);
+        s.result.decode_seconds = seconds_between(s.first_token, now);
+        allocator_.release(s.blocks);
+        if (s.slot >= 0) store->release(s.slot);
+        s.slot = -1;
       }
-      if (static_cast<int32_t>(result.tokens.size()) == params.max_new_tokens) break;
-      logits = run({token}, position++, blocks, false);
     }
-    result.decode_seconds = seconds_since(t0);
+  }
+  std::vector<GenerationResult> results;
+  for (auto& s : seqs) results.push_back(std::move(s->result));
+  return results;
+}
+
+GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
+                                     const GenerationParams& params, const TokenCallback& on_token) {
+  BatchTokenCallback callback;
+  if (on_token) callback = [&](size_t, int32_t token) { return on_token(token); };
+  return generate_batch({{prompt, params}}, callback)[0];
+}
+
+std::vector<OwnedTensor> Generator::prompt_logits_batch(const std::vector<GenerationRequest>& requests) {
+  validate(requests, true);
+  AdapterStore* store = model_.adapters();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  struct Cleanup {
+    Generator& g;
+    std::vector<std::unique_ptr<Sequence>>& seqs;
+    AdapterStore* store;
+    ~Cleanup() {
+      for (auto& s : seqs) {
+        g.allocator_.release(s->blocks);
+        if (s->slot >= 0) store->release(s->slot);
+      }
+    }
+  } cleanup{*this, seqs, store};
+  int64_t total = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto s = std::make_unique<Sequence>();
+    s->index = i;
+    s->tokens = requests[i].prompt;
+    total += static_cast<int64_t>(s->tokens.size());
+    if (!requests[i].params.adapter.empty()) {
+      MIL_CHECK(store != nullptr, "request {}: adapter named but no adapters are loaded", i);
+      s->slot = store->acquire(requests[i].params.adapter);
+    }
+    seqs.push_back(std::move(s));
+  }
+  MIL_CHECK(total <= model_.max_tokens_per_step(),
+            "{} prompt tokens do not fit in one step of {}", total, model_.max_tokens_per_step());
+  // Rows in request order (not sorted by adapter), so segments interleave base and adapter
+  // rows exactly as the caller arranged them.
+  std::vector<Sequence*> active;
+  for (auto& s : seqs) active.push_back(s.get());
+  std::vector<int32_t> unused;
+  const StepBatch step = build_step(active, true, unused);
+  const Tensor logits = model_.forward(step, cache_);
+  std::vector<OwnedTensor> out;
+  int64_t row = 0;
+  for (const auto& s : seqs) {
+    const auto n = static_cast<int64_t>(s->tokens.size());
+    OwnedTensor t(DType::F32, n, logits.cols);
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(t.view().row<float>(r), logits.row<float>(row + r), logits.cols * sizeof(float));
+    }
+    row += n;
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+Tensor Generator::prompt_logits(const std::vector<int32_t>& prompt) {
+  // Longer prompts than one step: run in chunks, keeping every position's logits.
+  const int64_t chunk = model_.max_tokens_per_step();
+  if (static_cast<int64_t>(prompt.size()) <= chunk) {
+    last_logits_ = std::move(prompt_logits_batch({{prompt, {}}})[0]);
+    return last_logits_.view();
+  }
+  validate({{prompt, {}}}, true);
+  Sequence s;
+  s.tokens = prompt;
+  OwnedTensor all(DType::F32, static_cast<int64_t>(prompt.size()), model_.config().vocab_size);
+  try {
+    while (s.computed < static_cast<int32_t>(prompt.size())) {
+      const int32_t begin = s.computed;
+      std::vector<Sequence*> active{&s};
+      std::vector<int32_t> unused;
+      const StepBatch step = build_step(active, true, unused);
+      const Tensor l = model_.forward(step, cache_);
+      for (int64_t r = 0; r < l.rows; ++r) {
+        std::memcpy(all.view().row<float>(begin + r), l.row<float>(r), l.cols * sizeof(float));
+      }
+    }
   } catch (...) {
-    allocator_.release(blocks);
+    allocator_.release(s.blocks);
     throw;
   }
-  allocator_.release(blocks);
-  return result;
+  allocator_.release(s.blocks);
+  last_logits_ = std::move(all);
+  return last_logits_.view();
 }
 
 }  // namespace mil

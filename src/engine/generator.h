@@ -1,11 +1,12 @@
-// The minimal generation loop: prefill the prompt, then decode one token at a time with
-// the KV cache, until EOS, a stop token or the token limit. One sequence at a time; the
-// server's continuous batching (engine/scheduler) builds on the same step structure.
+// The generation loop over a batch of sequences: every step runs the pending tokens of all
+// unfinished sequences together (prompt chunks while prefilling, one token each while
+// decoding), each row with its own adapter, until EOS, a stop token or the token limit.
+// A fixed set of requests; the server's continuous batching admits new ones between steps.
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <optional>
+#include <string>
 #include <vector>
 
 #include "engine/block_allocator.h"
@@ -20,6 +21,12 @@ struct GenerationParams {
   uint64_t seed = 0;
   bool stop_at_eos = true;
   std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS ids
+  std::string adapter;                  // LoRA adapter name; "" = the base model
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  GenerationParams params;
 };
 
 enum class FinishReason { Length, EndOfSequence, StopToken, Cancelled };
@@ -27,30 +34,38 @@ enum class FinishReason { Length, EndOfSequence, StopToken, Cancelled };
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens (the stop token included, as HF does)
   FinishReason finish = FinishReason::Length;
-  double prefill_seconds = 0;
-  double decode_seconds = 0;
+  double prefill_seconds = 0;   // until the first new token
+  double decode_seconds = 0;    // from the first new token to the last
 };
 
-// Called after each token; return false to stop.
+// Called after each token of request `request`; return false to stop that request.
+using BatchTokenCallback = std::function<bool(size_t request, int32_t token)>;
 using TokenCallback = std::function<bool(int32_t token)>;
 
 class Generator {
  public:
-  // `kv_tokens` bounds prompt + generated tokens.
+  // `kv_tokens` bounds the prompt + generated tokens of all sequences run together.
   Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size = 16);
 
   GenerationResult generate(const std::vector<int32_t>& prompt, const GenerationParams& params,
                             const TokenCallback& on_token = {});
+  std::vector<GenerationResult> generate_batch(const std::vector<GenerationRequest>& requests,
+                                               const BatchTokenCallback& on_token = {});
 
-  // Logits of every prompt position, for golden tests ([prompt.size(), vocab]).
+  // Logits at every prompt position of each request ([prompt.size(), vocab] each), all
+  // requests in one forward step (they must fit in max_tokens_per_step), for golden tests.
+  std::vector<OwnedTensor> prompt_logits_batch(const std::vector<GenerationRequest>& requests);
   Tensor prompt_logits(const std::vector<int32_t>& prompt);
 
  private:
-  // Runs `tokens` (at positions start..) for the sequence in `blocks`; wants logits of
-  // the last row only unless `all_logits`.
-  Tensor run(const std::vector<int32_t>& tokens, int32_t start, std::vector<int32_t>& blocks,
-             bool all_logits);
-  int32_t choose(const Tensor& logits_row, Sampler& sampler);
+  struct Sequence;
+  // Checks ids and that the requests fit the cache (with their new tokens unless prompt_only).
+  void validate(const std::vector<GenerationRequest>& requests, bool prompt_only) const;
+  // Builds the next step from the pending tokens of `active` sequences, within the step's
+  // token budget; `logit_rows_of` gets, per sequence, its logit row or -1.
+  StepBatch build_step(std::vector<Sequence*>& active, bool all_logits,
+                       std::vector<int32_t>& logit_row_of);
+  int32_t choose(const Tensor& logits, int64_t row, Sampler& sampler);
 
   LlamaModel& model_;
   KVCache cache_;

@@ -8,8 +8,9 @@
 
 namespace mil {
 
-LlamaModel::LlamaModel(const LlamaWeights& weights, Ops& ops, int64_t max_tokens_per_step)
-    : weights_(weights), ops_(ops), max_tokens_(max_tokens_per_step) {
+LlamaModel::LlamaModel(const LlamaWeights& weights, Ops& ops, int64_t max_tokens_per_step,
+                       AdapterStore* adapters)
+    : weights_(weights), ops_(ops), max_tokens_(max_tokens_per_step), adapters_(adapters) {
   const ModelConfig& c = weights.config();
   const ShardedDims& d = weights.dims();
   // Until parallel/ brings a communicator, the partial sums of row-parallel layers
@@ -42,9 +43,16 @@ KVCache LlamaModel::make_kv_cache(int64_t num_blocks, int32_t block_size) const 
   return KVCache(c.num_layers, num_blocks, block_size, weights_.dims().num_kv_heads * c.head_dim);
 }
 
-void LlamaModel::linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+void LlamaModel::linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                        int64_t layer, LoraTarget target) {
   ops_.matmul(x, w, y);
   if (!bias.empty()) ops_.add_bias(y, bias);
+  if (segments_ == nullptr) return;
+  const LoraProjection& proj = adapters_->projection(layer, target);
+  const Tensor v = lora_v_.view().slice_rows(0, x.rows);
+  const auto count = static_cast<int32_t>(segments_->size());
+  ops_.lora_shrink(x, proj, segments_->data(), count, v);
+  ops_.lora_expand(v, proj, segments_->data(), count, y);
 }
 
 Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
@@ -78,6 +86,19 @@ Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
               "positions", p, c.max_position_embeddings);
   }
 
+  segments_ = nullptr;
+  bool any_adapter = false;
+  for (const LoraSegment& seg : step.lora_segments) {
+    MIL_CHECK(seg.row_begin >= 0 && seg.row_begin <= seg.row_end && seg.row_end <= n,
+              "step: LoRA segment [{}, {}) is outside the step", seg.row_begin, seg.row_end);
+    any_adapter |= seg.slot >= 0;
+  }
+  if (any_adapter) {
+    MIL_CHECK(adapters_ != nullptr, "step: rows name adapters but the model has no adapter store");
+    const int64_t rank = std::max<int64_t>(adapters_->max_rank(), 1);
+    if (lora_v_.view().cols < rank) lora_v_ = OwnedTensor(DType::F32, max_tokens_, rank);
+    segments_ = &step.lora_segments;
+  }
   const AttentionBatch batch{static_cast<int32_t>(num_seqs), step.query_start.data(),
                              step.context_len.data(),       step.block_table.data(),
                              step.max_blocks_per_seq,       cache.block_size()};
@@ -86,7 +107,7 @@ Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     const LayerWeights& l = weights_.layers[layer];
     attention_block(l, layer, n, step, batch, cache);
-    mlp_block(l, n);
+    mlp_block(l, layer, n);
   }
 
   // Final norm and lm_head only for the rows whose logits are wanted.
@@ -122,19 +143,19 @@ void LlamaModel::attention_block(const LayerWeights& l, int64_t layer, int64_t n
   const Tensor out = mlp_out_.view().slice_rows(0, n);
 
   ops_.rmsnorm(hidden, l.attn_norm, eps, normed);
-  linear(normed, l.q, l.q_bias, q);
-  linear(normed, l.k, l.k_bias, k);
-  linear(normed, l.v, l.v_bias, v);
+  linear(normed, l.q, l.q_bias, q, layer, LoraTarget::Q);
+  linear(normed, l.k, l.k_bias, k, layer, LoraTarget::K);
+  linear(normed, l.v, l.v_bias, v, layer, LoraTarget::V);
   const int32_t head_dim = static_cast<int32_t>(c.head_dim);
   ops_.rope(q, head_dim, step.positions.data(), inv_freq_, c.rope.interleaved);
   ops_.rope(k, head_dim, step.positions.data(), inv_freq_, c.rope.interleaved);
   ops_.kv_store(k, v, step.slots.data(), cache.keys(layer), cache.values(layer));
   ops_.attention(q, cache.keys(layer), cache.values(layer), batch, attn_shape_, attn);
-  linear(attn, l.o, l.o_bias, out);
+  linear(attn, l.o, l.o_bias, out, layer, LoraTarget::O);
   ops_.add(hidden, out, hidden);
 }
 
-void LlamaModel::mlp_block(const LayerWeights& l, int64_t n) {
+void LlamaModel::mlp_block(const LayerWeights& l, int64_t layer, int64_t n) {
   const float eps = static_cast<float>(config().rms_norm_eps);
   const Tensor hidden = hidden_.view().slice_rows(0, n);
   const Tensor normed = normed_.view().slice_rows(0, n);
@@ -143,10 +164,10 @@ void LlamaModel::mlp_block(const LayerWeights& l, int64_t n) {
   const Tensor out = mlp_out_.view().slice_rows(0, n);
 
   ops_.rmsnorm(hidden, l.ffn_norm, eps, normed);
-  linear(normed, l.gate, l.gate_bias, gate);
-  linear(normed, l.up, l.up_bias, up);
+  linear(normed, l.gate, l.gate_bias, gate, layer, LoraTarget::Gate);
+  linear(normed, l.up, l.up_bias, up, layer, LoraTarget::Up);
   ops_.silu_mul(gate, up, gate);
-  linear(gate, l.down, l.down_bias, out);
+  linear(gate, l.down, l.down_bias, out, layer, LoraTarget::Down);
   ops_.add(hidden, out, hidden);
 }
 

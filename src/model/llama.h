@@ -9,6 +9,7 @@
 
 #include "backends/ops.h"
 #include "core/buffer.h"
+#include "lora/adapter_store.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
@@ -24,15 +25,20 @@ struct StepBatch {
   std::vector<int32_t> block_table; // num_seqs * max_blocks_per_seq
   int32_t max_blocks_per_seq = 0;
   std::vector<int32_t> logit_rows;  // token rows whose logits the caller wants
+  // Adapter of each row, as segments of consecutive rows (empty: the base model only).
+  std::vector<LoraSegment> lora_segments;
 };
 
 class LlamaModel {
  public:
-  LlamaModel(const LlamaWeights& weights, Ops& ops, int64_t max_tokens_per_step);
+  // `adapters` (optional) holds the LoRA adapters that steps may name by slot.
+  LlamaModel(const LlamaWeights& weights, Ops& ops, int64_t max_tokens_per_step,
+             AdapterStore* adapters = nullptr);
 
   const ModelConfig& config() const { return weights_.config(); }
   int64_t max_tokens_per_step() const { return max_tokens_; }
   Ops& ops() const { return ops_; }
+  AdapterStore* adapters() const { return adapters_; }
   KVCache make_kv_cache(int64_t num_blocks, int32_t block_size) const;
 
   // Logits [step.logit_rows.size(), vocab], valid until the next call.
@@ -41,12 +47,17 @@ class LlamaModel {
  private:
   void attention_block(const LayerWeights& l, int64_t layer, int64_t n, const StepBatch& step,
                        const AttentionBatch& batch, const KVCache& cache);
-  void mlp_block(const LayerWeights& l, int64_t n);
-  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y);
+  void mlp_block(const LayerWeights& l, int64_t layer, int64_t n);
+  // y = x w^T (+ bias) (+ the LoRA of each row's adapter for this layer's `target`).
+  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+              int64_t layer, LoraTarget target);
 
   const LlamaWeights& weights_;
   Ops& ops_;
   int64_t max_tokens_;
+  AdapterStore* adapters_;
+  const std::vector<LoraSegment>* segments_ = nullptr;  // of the step being run
+  OwnedTensor lora_v_;  // shrink output, [max_tokens, max rank]
   AttentionShape attn_shape_;
   OwnedTensor inv_freq_;
   // Activations for up to max_tokens_ rows.

@@ -12,6 +12,10 @@
 #include "model/weight_source.h"
 
 namespace mil {
+class LoraAdapter;
+}
+
+namespace mil {
 
 struct ShardSpec {
   int rank = 0;
@@ -48,6 +52,11 @@ class LlamaWeights {
   Tensor final_norm;
   Tensor rope_freq_factors;  // f32 [1, head_dim/2] from GGUF rope_freqs.weight, else empty
   std::vector<LayerWeights> layers;
+
+  // Folds a LoRA adapter into the weights it targets: W += scale * B A, each such matrix
+  // becoming an owned f32 copy. For serving one adapter only (`--merge-adapter`); the
+  // multi-adapter path keeps the base weights shared and applies adapters per row.
+  void merge_lora(const LoraAdapter& adapter);
 
  private:
   enum class Split { None, Rows, Cols };

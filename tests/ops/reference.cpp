@@ -183,6 +183,38 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
   return out;
 }
 
+void lora_shrink(const std::vector<float>& x, int64_t in, const LoraInput& lora,
+                 std::vector<float>& v, int64_t v_cols) {
+  for (const LoraSegment& seg : lora.segments) {
+    if (seg.slot < 0 || lora.rank[seg.slot] == 0) continue;
+    const std::vector<float>& a = lora.a[seg.slot];
+    for (int64_t i = seg.row_begin; i < seg.row_end; ++i) {
+      for (int64_t j = 0; j < lora.rank[seg.slot]; ++j) {
+        double s = 0.0;
+        for (int64_t c = 0; c < in; ++c) s += static_cast<double>(x[i * in + c]) * a[j * in + c];
+        v[i * v_cols + j] = static_cast<float>(s);
+      }
+    }
+  }
+}
+
+void lora_expand(const std::vector<float>& v, int64_t v_cols, const LoraInput& lora,
+                 std::vector<float>& y, int64_t out) {
+  for (const LoraSegment& seg : lora.segments) {
+    if (seg.slot < 0 || lora.rank[seg.slot] == 0) continue;
+    const int64_t rank = lora.rank[seg.slot];
+    const std::vector<float>& b = lora.b[seg.slot];
+    for (int64_t i = seg.row_begin; i < seg.row_end; ++i) {
+      for (int64_t o = 0; o < out; ++o) {
+        double s = 0.0;
+        for (int64_t j = 0; j < rank; ++j)
+          s += static_cast<double>(v[i * v_cols + j]) * b[o * rank + j];
+        y[i * out + o] = static_cast<float>(y[i * out + o] + lora.scale[seg.slot] * s);
+      }
+    }
+  }
+}
+
 int32_t argmax(const std::vector<float>& row) {
   int32_t best = 0;
   for (size_t i = 0; i < row.size(); ++i) {

@@ -37,6 +37,21 @@ std::vector<float> attention(const std::vector<float>& q, const std::vector<floa
                              const std::vector<float>& v_cache, const AttentionInput& batch,
                              const AttentionShape& shape);
 
+// Multi-LoRA over packed host arrays. Adapter s: a[s] f32 [rank[s], in] and b[s] f32
+// [out, rank[s]], rank 0 = the adapter lacks this projection; v has v_cols columns.
+struct LoraInput {
+  std::vector<std::vector<float>> a, b;
+  std::vector<int64_t> rank;
+  std::vector<float> scale;
+  std::vector<LoraSegment> segments;
+};
+// v[i, 0:rank] = x[i] · a^T (double sums) for adapter rows; other entries of v kept.
+void lora_shrink(const std::vector<float>& x, int64_t in, const LoraInput& lora,
+                 std::vector<float>& v, int64_t v_cols);
+// y[i] += scale * v[i, 0:rank] · b^T (double sums) for adapter rows.
+void lora_expand(const std::vector<float>& v, int64_t v_cols, const LoraInput& lora,
+                 std::vector<float>& y, int64_t out);
+
 int32_t argmax(const std::vector<float>& row);
 int32_t sample(const std::vector<float>& row, const SamplingParams& params, float uniform);
 

@@ -2,12 +2,14 @@
 // tests/fixtures/tokenizer/<name>/ must reproduce golden.jsonl token for token (encode with and
 // without special tokens, decode with and without skipping them, streaming decode) and
 // decode_cases.jsonl (decodes of id prefixes that cut UTF-8 sequences). The default model's GGUF
-// must tokenize like smollm2/tokenizer.json.
+// must tokenize like smollm2/tokenizer.json, and spm_gguf/tokenizer.gguf (a SentencePiece GGUF)
+// like transformers' tokenizer for it.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -115,6 +117,61 @@ void check_line(const Tokenizer& tok, const json& g, const std::string& name, Ta
   }
 }
 
+// Every golden line of <dir>/golden.jsonl: encode both ways, decode both ways, streaming decode.
+void check_golden(const Tokenizer& tok, const fs::path& golden, const std::string& name) {
+  Tally t;
+  for (const auto& g : read_jsonl(golden)) check_line(tok, g, name, t, true);
+  std::printf(
+      "[%s] %zu lines: encode %zu, encode_plain %zu, decode %zu, decode_skip %zu, "
+      "stream %zu\n",
+      name.c_str(), t.total, t.encode, t.encode_plain, t.decode, t.decode_skip, t.stream);
+  EXPECT_GT(t.total, 0u);
+  EXPECT_EQ(t.encode, t.total);
+  EXPECT_EQ(t.encode_plain, t.total);
+  EXPECT_EQ(t.decode, t.total);
+  EXPECT_EQ(t.decode_skip, t.total);
+  EXPECT_EQ(t.stream, t.total);
+}
+
+// decode_cases.jsonl: decodes (and streaming decodes) of id prefixes that cut UTF-8 sequences.
+void check_decode_cases(const Tokenizer& tok, const fs::path& cases, const std::string& name) {
+  size_t total = 0, ok = 0;
+  for (const auto& c : read_jsonl(cases)) {
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    ++total;
+    const std::string d = tok.decode(ids, false), ds = tok.decode(ids, true);
+    bool valid = true;
+    const bool stream_ok = stream_decode(tok, ids, false, valid) == d && valid;
+    if (d == c["decoded"].get<std::string>() && ds == c["decoded_skip"].get<std::string>() &&
+        stream_ok) {
+      ++ok;
+    } else if (total - ok <= 5) {
+      ADD_FAILURE() << name << ": decode case " << json(ids).dump() << " got " << json(d).dump()
+                    << " / " << json(ds).dump() << " want " << c["decoded"].dump() << " / "
+                    << c["decoded_skip"].dump();
+    }
+  }
+  std::printf("[%s] decode_cases: %zu / %zu\n", name.c_str(), ok, total);
+  EXPECT_GT(total, 0u);
+  EXPECT_EQ(ok, total);
+}
+
+// Streaming decode of random id sequences (any token, byte tokens and specials included):
+// pieces are valid UTF-8 and their concatenation is decode(ids).
+void check_streaming_random_ids(const Tokenizer& tok) {
+  std::mt19937 rng(1234);
+  for (int round = 0; round < 300; ++round) {
+    std::vector<int32_t> ids(1 + rng() % 24);
+    for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(tok.vocab_size()));
+    for (const bool skip : {false, true}) {
+      bool valid = true;
+      ASSERT_EQ(stream_decode(tok, ids, skip, valid), tok.decode(ids, skip))
+          << json(ids).dump() << " skip=" << skip;
+      ASSERT_TRUE(valid) << json(ids).dump();
+    }
+  }
+}
+
 TEST(TokenizerFixtures, GoldenFilesPresent) {
   if (!fs::is_directory(kRoot)) GTEST_SKIP() << "no fixtures at " << kRoot;
   EXPECT_GE(fixture_names().size(), 5u);
@@ -125,56 +182,14 @@ class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
 TEST_P(TokenizerGolden, MatchesHf) {
   const fs::path dir = kRoot / GetParam();
   const auto tok = Tokenizer::from_hf_json((dir / "tokenizer.json").string());
-  Tally t;
-  for (const auto& g : read_jsonl(dir / "golden.jsonl")) check_line(*tok, g, GetParam(), t, true);
-  std::printf("[%s] %zu lines: encode %zu, encode_plain %zu, decode %zu, decode_skip %zu, "
-              "stream %zu\n",
-              GetParam().c_str(), t.total, t.encode, t.encode_plain, t.decode, t.decode_skip,
-              t.stream);
-  EXPECT_GT(t.total, 0u);
-  EXPECT_EQ(t.encode, t.total);
-  EXPECT_EQ(t.encode_plain, t.total);
-  EXPECT_EQ(t.decode, t.total);
-  EXPECT_EQ(t.decode_skip, t.total);
-  EXPECT_EQ(t.stream, t.total);
-
+  check_golden(*tok, dir / "golden.jsonl", GetParam());
   const fs::path cases = dir / "decode_cases.jsonl";
-  if (!fs::is_regular_file(cases)) return;
-  size_t total = 0, ok = 0;
-  for (const auto& c : read_jsonl(cases)) {
-    const auto ids = c["ids"].get<std::vector<int32_t>>();
-    ++total;
-    const std::string d = tok->decode(ids, false), ds = tok->decode(ids, true);
-    bool valid = true;
-    const bool stream_ok = stream_decode(*tok, ids, false, valid) == d && valid;
-    if (d == c["decoded"].get<std::string>() && ds == c["decoded_skip"].get<std::string>() &&
-        stream_ok) {
-      ++ok;
-    } else if (total - ok <= 5) {
-      ADD_FAILURE() << GetParam() << ": decode case " << json(ids).dump() << " got "
-                    << json(d).dump() << " / " << json(ds).dump() << " want "
-                    << c["decoded"].dump() << " / " << c["decoded_skip"].dump();
-    }
-  }
-  std::printf("[%s] decode_cases: %zu / %zu\n", GetParam().c_str(), ok, total);
-  EXPECT_EQ(ok, total);
+  if (fs::is_regular_file(cases)) check_decode_cases(*tok, cases, GetParam());
 }
 
-// Streaming decode of random id sequences (any token, byte tokens and specials included):
-// pieces are valid UTF-8 and their concatenation is decode(ids).
 TEST_P(TokenizerGolden, StreamingRandomIds) {
   const auto tok = Tokenizer::from_hf_json((kRoot / GetParam() / "tokenizer.json").string());
-  std::mt19937 rng(1234);
-  for (int round = 0; round < 300; ++round) {
-    std::vector<int32_t> ids(1 + rng() % 24);
-    for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(tok->vocab_size()));
-    for (const bool skip : {false, true}) {
-      bool valid = true;
-      ASSERT_EQ(stream_decode(*tok, ids, skip, valid), tok->decode(ids, skip))
-          << json(ids).dump() << " skip=" << skip;
-      ASSERT_TRUE(valid) << json(ids).dump();
-    }
-  }
+  check_streaming_random_ids(*tok);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, TokenizerGolden, ::testing::ValuesIn(fixture_names()),
@@ -195,15 +210,49 @@ TEST(TokenizerFixtures, DefaultModelGgufMatchesSmolLM2Json) {
   EXPECT_EQ(tok->token_to_id("<|im_start|>"), 1);
   Tally t;
   for (const auto& g : read_jsonl(golden)) check_line(*tok, g, "smollm2 (GGUF)", t, true);
-  std::printf("[smollm2 GGUF] %zu lines: encode %zu, encode_plain %zu, decode %zu, decode_skip "
-              "%zu, stream %zu\n",
-              t.total, t.encode, t.encode_plain, t.decode, t.decode_skip, t.stream);
+  std::printf(
+      "[smollm2 GGUF] %zu lines: encode %zu, encode_plain %zu, decode %zu, decode_skip "
+      "%zu, stream %zu\n",
+      t.total, t.encode, t.encode_plain, t.decode, t.decode_skip, t.stream);
   EXPECT_EQ(t.encode, t.total);
   EXPECT_EQ(t.encode_plain, t.total);
   EXPECT_EQ(t.decode, t.total);
   EXPECT_EQ(t.decode_skip, t.total);
   EXPECT_EQ(t.stream, t.total);
 }
+
+// spm_gguf/tokenizer.gguf: sentencepiece_bpe's vocabulary as a SentencePiece GGUF
+// (tokenizer.ggml.model "llama": tokens, scores, token types, no merges). The goldens come from
+// transformers' tokenizer for that GGUF: merges rebuilt from the scores, LlamaTokenizer's
+// Metaspace/byte-fallback pipeline, <s> added from add_bos_token.
+class SpmGguf : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::is_regular_file(kDir / "tokenizer.gguf")) GTEST_SKIP() << "no " << kDir;
+    gguf_ = std::make_unique<GGUFFile>((kDir / "tokenizer.gguf").string());
+    tok_ = Tokenizer::from_gguf(*gguf_);
+  }
+  const fs::path kDir = kRoot / "spm_gguf";
+  std::unique_ptr<GGUFFile> gguf_;
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_F(SpmGguf, Vocabulary) {
+  EXPECT_EQ(tok_->vocab_size(), 2999);
+  EXPECT_EQ(tok_->token_to_id("<unk>"), 0);
+  EXPECT_EQ(tok_->token_to_id("<s>"), 1);
+  EXPECT_EQ(tok_->token_to_id("</s>"), 2);
+  EXPECT_EQ(tok_->token_to_id("<0x41>"), 3 + 0x41);
+  EXPECT_TRUE(tok_->is_special(1));
+  EXPECT_TRUE(tok_->is_special(2));
+  EXPECT_FALSE(tok_->is_special(3 + 0x41));  // byte tokens are ordinary vocabulary
+}
+
+TEST_F(SpmGguf, MatchesTransformers) { check_golden(*tok_, kDir / "golden.jsonl", "spm_gguf"); }
+
+TEST_F(SpmGguf, DecodeCases) { check_decode_cases(*tok_, kDir / "decode_cases.jsonl", "spm_gguf"); }
+
+TEST_F(SpmGguf, StreamingRandomIds) { check_streaming_random_ids(*tok_); }
 
 }  // namespace
 }  // namespace mil

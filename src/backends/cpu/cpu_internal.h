@@ -42,6 +42,12 @@ struct MatmulMode {
 void matmul(const Tensor& x, const Tensor& w, const Tensor& y, const MatmulMode& mode,
             Workspace& ws);
 
+// Multi-LoRA (lora.cpp); the exact path uses plain dot products, the others the f32 tiles.
+void lora_shrink(const Tensor& x, const LoraProjection& proj, const LoraSegment* segments,
+                 int32_t num_segments, const Tensor& v, const MatmulMode& mode);
+void lora_expand(const Tensor& v, const LoraProjection& proj, const LoraSegment* segments,
+                 int32_t num_segments, const Tensor& y, const MatmulMode& mode);
+
 void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                const AttentionBatch& batch, const AttentionShape& shape, const Tensor& out,
                int threads, Workspace& ws);

@@ -189,6 +189,16 @@ class CpuOps final : public Ops {
     }
   }
 
+  void lora_shrink(const Tensor& x, const LoraProjection& proj, const LoraSegment* segments,
+                   int32_t num_segments, const Tensor& v) override {
+    cpu::lora_shrink(x, proj, segments, num_segments, v, MatmulMode{threads_, path_});
+  }
+
+  void lora_expand(const Tensor& v, const LoraProjection& proj, const LoraSegment* segments,
+                   int32_t num_segments, const Tensor& y) override {
+    cpu::lora_expand(v, proj, segments, num_segments, y, MatmulMode{threads_, path_});
+  }
+
   void argmax(const Tensor& logits, int32_t* out) override {
     check_f32(logits, "argmax", "logits");
     MIL_CHECK(logits.cols > 0, "argmax: logits {} have no columns", shape_string(logits));

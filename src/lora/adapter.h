@@ -1,0 +1,60 @@
+// One LoRA adapter in host memory, ready for the shrink/expand ops: every targeted module as
+// f32 A [rank, in] and B [out, rank] (contiguous), already cut to this tensor-parallel rank's
+// shard and, for GGUF llama bases, with q/k rows in the base's permuted order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/tensor.h"
+#include "formats/model_config.h"
+#include "formats/peft_adapter.h"  // LoraTarget
+// ShardSpec is a plain struct of model/weights.h; only the header is used (mil_lora sits below
+// mil_model and links none of it).
+#include "model/weights.h"
+
+namespace mil {
+
+struct LoraModule {
+  Tensor a;  // f32 [rank, in_shard], views of the adapter's own buffer
+  Tensor b;  // f32 [out_shard, rank]
+  float scale = 0.0f;
+  int32_t rank = 0;
+};
+
+class LoraAdapter {
+ public:
+  LoraAdapter() = default;
+  LoraAdapter(LoraAdapter&&) noexcept = default;
+  LoraAdapter& operator=(LoraAdapter&&) noexcept = default;
+
+  const std::string& name() const { return name_; }
+  size_t bytes() const { return storage_.size(); }  // host memory its tensors take
+  int32_t max_rank() const { return max_rank_; }
+  int64_t num_layers() const { return static_cast<int64_t>(modules_.size()) / kNumLoraTargets; }
+  // nullptr when the adapter does not target this projection (or the layer is out of range).
+  const LoraModule* module(int64_t layer, LoraTarget target) const;
+
+ private:
+  friend LoraAdapter load_lora_adapter(const std::string&, const std::string&, const ModelConfig&,
+                                       ShardSpec);
+  std::string name_;
+  HostBuffer storage_;                // every A and B, one allocation (moves keep views valid)
+  std::vector<LoraModule> modules_;   // layer * kNumLoraTargets + target; rank 0 = not targeted
+  int32_t max_rank_ = 0;
+};
+
+// Bytes load_lora_adapter would allocate for `adapter` on `shard` (the store budgets with it
+// before reading any weights).
+size_t lora_adapter_bytes(const PeftAdapter& adapter, const ModelConfig& base, ShardSpec shard);
+
+// Reads the PEFT adapter folder at `path` (see formats/peft_adapter.h for what is accepted).
+// Column-parallel projections (q/k/v/gate/up) keep this rank's rows of B; row-parallel ones
+// (o/down) keep this rank's columns of A, as the base weights are split.
+LoraAdapter load_lora_adapter(const std::string& name, const std::string& path,
+                              const ModelConfig& base, ShardSpec shard);
+
+}  // namespace mil

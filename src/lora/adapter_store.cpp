@@ -1,0 +1,243 @@
+#include "lora/adapter_store.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace mil {
+namespace {
+
+constexpr size_t kMaxNameChars = 256;
+constexpr int kMaxSlots = 4096;
+
+// Names travel through URLs, logs and metrics labels: keep them to a safe, HF-hub-like set.
+bool valid_name(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameChars) return false;
+  return std::all_of(name.begin(), name.end(), [](char ch) {
+    const auto c = static_cast<unsigned char>(ch);
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-' || c == '/' || c == ':' || c == '@' || c == '+';
+  });
+}
+
+}  // namespace
+
+AdapterStore::AdapterStore(const ModelConfig& base, ShardSpec shard, Limits limits)
+    : base_(base), shard_(shard), limits_(limits) {
+  MIL_CHECK(limits.max_resident >= 1 && limits.max_resident <= kMaxSlots,
+            "adapter store: max resident adapters must be in [1, {}], got {}", kMaxSlots,
+            limits.max_resident);
+  MIL_CHECK(limits.max_bytes > 0, "adapter store: the memory limit must be positive");
+  MIL_CHECK(shard.world >= 1 && shard.rank >= 0 && shard.rank < shard.world,
+            "adapter store: invalid shard rank {} of {}", shard.rank, shard.world);
+  slots_.assign(limits.max_resident, nullptr);
+  tables_.resize(base.num_layers * kNumLoraTargets);
+  for (Table& t : tables_) {
+    t.a.assign(limits.max_resident, Tensor{});
+    t.b.assign(limits.max_resident, Tensor{});
+    t.scale.assign(limits.max_resident, 0.0f);
+    t.proj = LoraProjection{t.a.data(), t.b.data(), t.scale.data(), limits.max_resident};
+  }
+}
+
+void AdapterStore::add(const std::string& name, const std::string& path) {
+  if (!valid_name(name)) {
+    fail("invalid adapter name '{}': use 1 to {} characters from A-Z a-z 0-9 . _ - / : @ +",
+         printable_name(name), kMaxNameChars);
+  }
+  {
+    std::lock_guard lock(mu_);
+    MIL_CHECK(!entries_.contains(name), "adapter '{}' is already registered", name);
+  }
+  // Outside the lock: parsing touches the disk, and other threads may be acquiring.
+  size_t bytes = 0;
+  {
+    const PeftAdapter peft(path, base_);
+    bytes = lora_adapter_bytes(peft, base_, shard_);
+  }
+  MIL_CHECK(bytes <= limits_.max_bytes,
+            "adapter '{}' ({}) needs {} bytes, more than the {} bytes allowed for all resident "
+            "adapters", name, path, bytes, limits_.max_bytes);
+  std::lock_guard lock(mu_);
+  MIL_CHECK(!entries_.contains(name), "adapter '{}' is already registered", name);
+  Entry& e = entries_[name];
+  e.path = path;
+  e.bytes = bytes;
+}
+
+void AdapterStore::remove(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Entry& e = find_locked(name, "remove");
+  MIL_CHECK(e.pins == 0, "cannot remove adapter '{}': {} running request(s) use it", name, e.pins);
+  if (e.slot >= 0) free_slot_locked(e.slot);
+  entries_.erase(name);
+}
+
+bool AdapterStore::contains(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  return entries_.contains(name);
+}
+
+std::vector<std::string> AdapterStore::names() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, e] : entries_) out.push_back(name);
+  return out;
+}
+
+size_t AdapterStore::registered_count() const {
+  std::lock_guard lock(mu_);
+  return entries_.size();
+}
+
+size_t AdapterStore::resident_count() const {
+  std::lock_guard lock(mu_);
+  return static_cast<size_t>(std::count_if(slots_.begin(), slots_.end(), [](Entry* e) { return e != nullptr; }));
+}
+
+size_t AdapterStore::resident_bytes() const {
+  std::lock_guard lock(mu_);
+  return resident_bytes_;
+}
+
+std::string AdapterStore::slot_name(int32_t slot) const {
+  std::lock_guard lock(mu_);
+  MIL_CHECK(slot >= 0 && slot < num_slots(), "adapter slot {} is out of range", slot);
+  if (slots_[slot] == nullptr) return "";
+  for (const auto& [name, e] : entries_) {
+    if (&e == slots_[slot]) return name;
+  }
+  return "";
+}
+
+int32_t AdapterStore::pins(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(name);
+  return it == entries_.end() ? 0 : it->second.pins;
+}
+
+AdapterStore::Entry& AdapterStore::find_locked(const std::string& name, const char* action) {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    fail("unknown adapter '{}' (cannot {} it; {} adapter(s) are registered)", printable_name(name),
+         action, entries_.size());
+  }
+  return it->second;
+}
+
+int32_t AdapterStore::acquire(const std::string& name) {
+  std::string path;
+  {
+    std::lock_guard lock(mu_);
+    Entry& e = find_locked(name, "acquire");
+    e.last_used = ++clock_;
+    if (e.slot >= 0) {
+      ++e.pins;
+      return e.slot;
+    }
+    // Fail before reading the weights when even evicting every unpinned resident won't do.
+    size_t pinned_bytes = 0;
+    int pinned = 0;
+    for (Entry* r : slots_) {
+      if (r != nullptr && r->pins > 0) {
+        ++pinned;
+        pinned_bytes += r->bytes;
+      }
+    }
+    if (pinned >= limits_.max_resident || pinned_bytes + e.bytes > limits_.max_bytes) {
+      fail("cannot make adapter '{}' resident: running requests pin {} adapter(s) of {} bytes "
+           "(limits: {} adapters, {} bytes; it needs {} bytes)", name, pinned, pinned_bytes,
+           limits_.max_resident, limits_.max_bytes, e.bytes);
+    }
+    path = e.path;
+  }
+
+  // Read from disk without the lock: registration may go on meanwhile.
+  auto adapter = std::make_unique<LoraAdapter>(load_lora_adapter(name, path, base_, shard_));
+
+  std::lock_guard lock(mu_);
+  Entry& e = find_locked(name, "acquire");  // it may have been removed meanwhile
+  if (e.slot >= 0) {  // loaded by another caller meanwhile
+    ++e.pins;
+    return e.slot;
+  }
+  MIL_CHECK(e.path == path, "adapter '{}' was re-registered while it loaded; retry", name);
+  e.bytes = adapter->bytes();  // the files may have changed since registration
+  for (;;) {
+    const bool slot_free = std::find(slots_.begin(), slots_.end(), nullptr) != slots_.end();
+    if (slot_free && resident_bytes_ + e.bytes <= limits_.max_bytes) break;
+    Entry* victim = nullptr;
+    for (Entry* r : slots_) {
+      if (r != nullptr && r->pins == 0 && (victim == nullptr || r->last_used < victim->last_used)) victim = r;
+    }
+    if (victim == nullptr) {
+      fail("cannot make adapter '{}' resident: every resident adapter is pinned by running "
+           "requests (limits: {} adapters, {} bytes; {} bytes resident, it needs {})", name,
+           limits_.max_resident, limits_.max_bytes, resident_bytes_, e.bytes);
+    }
+    free_slot_locked(victim->slot);
+  }
+  const auto free_it = std::find(slots_.begin(), slots_.end(), nullptr);
+  const auto slot = static_cast<int32_t>(free_it - slots_.begin());
+  e.adapter = std::move(adapter);
+  fill_slot_locked(slot, e);
+  e.pins = 1;
+  e.last_used = ++clock_;
+  return slot;
+}
+
+void AdapterStore::release(int32_t slot) {
+  std::lock_guard lock(mu_);
+  MIL_CHECK(slot >= 0 && slot < num_slots() && slots_[slot] != nullptr && slots_[slot]->pins > 0,
+            "release of adapter slot {}, which no request holds", slot);
+  Entry& e = *slots_[slot];
+  --e.pins;
+  e.last_used = ++clock_;  // in use until now: recency counts from the release
+}
+
+void AdapterStore::fill_slot_locked(int32_t slot, Entry& e) {
+  const LoraAdapter& a = *e.adapter;
+  for (int64_t layer = 0; layer < base_.num_layers; ++layer) {
+    for (int t = 0; t < kNumLoraTargets; ++t) {
+      Table& tab = table(layer, static_cast<LoraTarget>(t));
+      const LoraModule* m = a.module(layer, static_cast<LoraTarget>(t));
+      tab.a[slot] = m ? m->a : Tensor{};
+      tab.b[slot] = m ? m->b : Tensor{};
+      tab.scale[slot] = m ? m->scale : 0.0f;
+    }
+  }
+  slots_[slot] = &e;
+  e.slot = slot;
+  resident_bytes_ += a.bytes();
+  update_max_rank_locked();
+}
+
+void AdapterStore::free_slot_locked(int32_t slot) {
+  Entry& e = *slots_[slot];
+  for (Table& tab : tables_) {
+    tab.a[slot] = Tensor{};
+    tab.b[slot] = Tensor{};
+    tab.scale[slot] = 0.0f;
+  }
+  resident_bytes_ -= e.adapter->bytes();
+  e.adapter.reset();
+  e.slot = -1;
+  slots_[slot] = nullptr;
+  update_max_rank_locked();
+}
+
+void AdapterStore::update_max_rank_locked() {
+  int32_t rank = 0;
+  for (Entry* e : slots_) {
+    if (e != nullptr) rank = std::max(rank, e->adapter->max_rank());
+  }
+  max_rank_.store(rank, std::memory_order_relaxed);
+}
+
+const LoraProjection& AdapterStore::projection(int64_t layer, LoraTarget target) const {
+  MIL_CHECK(layer >= 0 && layer < base_.num_layers, "adapter store: layer {} is out of range", layer);
+  return tables_[layer * kNumLoraTargets + static_cast<int>(target)].proj;
+}
+
+}  // namespace mil
