@@ -85,6 +85,35 @@ TEST_F(GeneratorTest, SeededSamplingIsReproducibleAndSeedDependent) {
   EXPECT_EQ(gen.generate(prompt_, p).tokens, gen.generate(prompt_, greedy).tokens);
 }
 
+TEST_F(GeneratorTest, ABatchGivesEachSequenceItsOwnTokens) {
+  // Different prompt lengths, limits and sampling in one batch; steps of 8 tokens force the
+  // prompts to be read in chunks interleaved with other sequences' decoding.
+  std::vector<GenerationRequest> requests(4);
+  requests[0].prompt = prompt_;
+  requests[1].prompt = {7, 7, 7};
+  requests[2].prompt = {300, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18};
+  requests[3].prompt = {42};
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].params.max_new_tokens = 5 + 3 * static_cast<int32_t>(i);
+    requests[i].params.stop_at_eos = false;
+  }
+  requests[2].params.sampling = {0.8f, 20, 0.9f};
+  requests[2].params.seed = 11;
+  Generator batch(*model_, 256, 4);
+  std::vector<std::vector<int32_t>> streamed(requests.size());
+  const auto results = batch.generate_batch(requests, [&](size_t i, int32_t t) {
+    streamed[i].push_back(t);
+    return true;
+  });
+  Generator single(*model_, 256, 4);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerationResult alone = single.generate(requests[i].prompt, requests[i].params);
+    EXPECT_EQ(results[i].tokens, alone.tokens) << "request " << i;
+    EXPECT_EQ(results[i].tokens.size(), static_cast<size_t>(requests[i].params.max_new_tokens));
+    EXPECT_EQ(streamed[i], results[i].tokens);
+  }
+}
+
 TEST_F(GeneratorTest, RejectsWhatDoesNotFit) {
   Generator gen(*model_, 16, 4);
   GenerationParams p;
