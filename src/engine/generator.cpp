@@ -32,6 +32,58 @@ struct Generator::Sequence {
   Clock::time_point first_token;
 };
 
+// The sequences of one call, one per request, holding the request's adapter pinned. Whatever
+// happens, every KV block and adapter pin goes back when the set dies.
+class Generator::SequenceSet {
+ public:
+  SequenceSet(Generator& g, const std::vector<GenerationRequest>& requests) : g_(g) {
+    try {
+      add_all(requests);
+    } catch (...) {
+      for (auto& s : seqs_) finish(*s);  // the destructor does not run for a throwing constructor
+      throw;
+    }
+  }
+  ~SequenceSet() {
+    for (auto& s : seqs_) finish(*s);
+  }
+  SequenceSet(const SequenceSet&) = delete;
+  SequenceSet& operator=(const SequenceSet&) = delete;
+
+  // Returns the sequence's blocks and adapter pin (once).
+  void finish(Sequence& s) {
+    g_.allocator_.release(s.blocks);
+    if (s.slot >= 0) g_.model_.adapters()->release(s.slot);
+    s.slot = -1;
+  }
+  std::vector<std::unique_ptr<Sequence>>& all() { return seqs_; }
+
+ private:
+  void add_all(const std::vector<GenerationRequest>& requests) {
+    AdapterStore* store = g_.model_.adapters();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      auto s = std::make_unique<Sequence>();
+      s->index = i;
+      s->params = &requests[i].params;
+      s->tokens = requests[i].prompt;
+      s->prompt_len = requests[i].prompt.size();
+      s->sampler = Sampler(requests[i].params.sampling, requests[i].params.seed);
+      s->done = requests[i].params.max_new_tokens == 0;
+      const std::string& adapter = requests[i].params.adapter;
+      // Pushed before acquiring, so a failed acquire leaves nothing pinned behind.
+      Sequence& added = *seqs_.emplace_back(std::move(s));
+      if (!adapter.empty()) {
+        MIL_CHECK(store != nullptr, "request {}: adapter '{}' named but no adapters are loaded", i,
+                  adapter);
+        added.slot = store->acquire(adapter);
+      }
+    }
+  }
+
+  Generator& g_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+};
+
 Generator::Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size)
     : model_(model),
       cache_(model.make_kv_cache((kv_tokens + block_size - 1) / block_size, block_size)),
@@ -133,38 +185,8 @@ int32_t Generator::choose(const Tensor& logits, int64_t row, Sampler& sampler) {
 std::vector<GenerationResult> Generator::generate_batch(const std::vector<GenerationRequest>& requests,
                                                         const BatchTokenCallback& on_token) {
   validate(requests, false);
-  AdapterStore* store = model_.adapters();
-  std::vector<std::unique_ptr<Sequence>> seqs;
-  // Whatever happens, every block and adapter pin goes back.
-  struct Cleanup {
-    Generator& g;
-    std::vector<std::unique_ptr<Sequence>>& seqs;
-    AdapterStore* store;
-    ~Cleanup() {
-      for (auto& s : seqs) {
-        g.allocator_.release(s->blocks);
-        if (s->slot >= 0) store->release(s->slot);
-        s->slot = -1;
-      }
-    }
-  } cleanup{*this, seqs, store};
-
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto s = std::make_unique<Sequence>();
-    s->index = i;
-    s->params = &requests[i].params;
-    s->tokens = requests[i].prompt;
-    s->prompt_len = requests[i].prompt.size();
-    s->sampler = Sampler(requests[i].params.sampling, requests[i].params.seed);
-    s->done = requests[i].params.max_new_tokens == 0;
-    const std::string& adapter = requests[i].params.adapter;
-    if (!adapter.empty()) {
-      MIL_CHECK(store != nullptr, "request {}: adapter '{}' named but no adapters are loaded", i,
-                adapter);
-      s->slot = store->acquire(adapter);
-    }
-    seqs.push_back(std::move(s));
-  }
+  SequenceSet set(*this, requests);
+  auto& seqs = set.all();
 
   const Clock::time_point start = Clock::now();
   std::vector<int32_t> logit_row_of;
@@ -207,9 +229,7 @@ std::vector<GenerationResult> Generator::generate_batch(const std::vector<Genera
         s.done = true;
         s.result.prefill_seconds = seconds_between(start, s.first_token);
         s.result.decode_seconds = seconds_between(s.first_token, now);
-        allocator_.release(s.blocks);
-        if (s.slot >= 0) store->release(s.slot);
-        s.slot = -1;
+        set.finish(s);
       }
     }
   }
@@ -227,31 +247,10 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
 
 std::vector<OwnedTensor> Generator::prompt_logits_batch(const std::vector<GenerationRequest>& requests) {
   validate(requests, true);
-  AdapterStore* store = model_.adapters();
-  std::vector<std::unique_ptr<Sequence>> seqs;
-  struct Cleanup {
-    Generator& g;
-    std::vector<std::unique_ptr<Sequence>>& seqs;
-    AdapterStore* store;
-    ~Cleanup() {
-      for (auto& s : seqs) {
-        g.allocator_.release(s->blocks);
-        if (s->slot >= 0) store->release(s->slot);
-      }
-    }
-  } cleanup{*this, seqs, store};
+  SequenceSet set(*this, requests);
+  auto& seqs = set.all();
   int64_t total = 0;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto s = std::make_unique<Sequence>();
-    s->index = i;
-    s->tokens = requests[i].prompt;
-    total += static_cast<int64_t>(s->tokens.size());
-    if (!requests[i].params.adapter.empty()) {
-      MIL_CHECK(store != nullptr, "request {}: adapter named but no adapters are loaded", i);
-      s->slot = store->acquire(requests[i].params.adapter);
-    }
-    seqs.push_back(std::move(s));
-  }
+  for (const auto& s : seqs) total += static_cast<int64_t>(s->tokens.size());
   MIL_CHECK(total <= model_.max_tokens_per_step(),
             "{} prompt tokens do not fit in one step of {}", total, model_.max_tokens_per_step());
   // Rows in request order (not sorted by adapter), so segments interleave base and adapter

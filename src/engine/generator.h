@@ -59,6 +59,7 @@ class Generator {
 
  private:
   struct Sequence;
+  class SequenceSet;
   // Checks ids and that the requests fit the cache (with their new tokens unless prompt_only).
   void validate(const std::vector<GenerationRequest>& requests, bool prompt_only) const;
   // Builds the next step from the pending tokens of `active` sequences, within the step's
