@@ -73,7 +73,7 @@ class Generator::SequenceSet {
       // Pushed before acquiring, so a failed acquire leaves nothing pinned behind.
       Sequence& added = *seqs_.emplace_back(std::move(s));
       if (!adapter.empty()) {
-        MIL_CHECK(store != nullptr, "request {}: adapter '{}' named but no adapters are loaded", i,
+        MIL_CHECK(store != nullptr, "request {}: unknown adapter '{}' (no adapters are registered)", i,
                   adapter);
         added.slot = store->acquire(adapter);
       }

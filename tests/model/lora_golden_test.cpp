@@ -56,10 +56,13 @@ class LoraGolden : public testing::TestWithParam<fs::path> {
     store_ = std::make_unique<AdapterStore>(weights_->config(), ShardSpec{},
                                             AdapterStore::Limits{16, size_t{1} << 30});
     for (const auto& [name, _] : golden_.at("outputs").items()) {
-      if (name != kBase) store_->add(name, (GetParam() / name).string());
+      if (name != kBase) store_->add(name, adapter_path(name));
     }
     ops_ = make_cpu_ops(2);
     model_ = std::make_unique<LlamaModel>(*weights_, *ops_, 1024, store_.get());
+  }
+  std::string adapter_path(const std::string& name) const {
+    return (kRoot / golden_.at("adapters").at(name).get<std::string>()).string();
   }
   std::vector<std::string> names() const {
     std::vector<std::string> n;
@@ -135,7 +138,7 @@ TEST_P(LoraGolden, MergedAdapterAgreesWithUnmerged) {
 
   LlamaWeights merged(open_weight_source((kRoot / golden_.at("base").get<std::string>()).string()),
                       ShardSpec{});
-  merged.merge_lora(load_lora_adapter(name, (GetParam() / name).string(), merged.config(), ShardSpec{}));
+  merged.merge_lora(load_lora_adapter(name, adapter_path(name), merged.config(), ShardSpec{}));
   LlamaModel merged_model(merged, *ops_, 1024);
   Generator merged_gen(merged_model, 1024, 4);
   const Tensor m = merged_gen.prompt_logits(ids);
@@ -160,7 +163,13 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LoraGolden, testing::ValuesIn(lora_fixtures()
                          [](const testing::TestParamInfo<fs::path>& p) {
                            return p.param.filename().string();
                          });
-GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(LoraGolden);
+
+// The suite above is only as good as its fixtures: every base must be there.
+TEST(LoraGoldenFixtures, EveryBaseIsPresent) {
+  std::vector<std::string> names;
+  for (const fs::path& p : lora_fixtures()) names.push_back(p.filename().string());
+  EXPECT_EQ(names, (std::vector<std::string>{"gguf_F32", "gguf_Q8_0", "llama_gqa", "qwen2_bias"}));
+}
 
 }  // namespace
 }  // namespace mil
