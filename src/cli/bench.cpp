@@ -15,6 +15,7 @@ struct BenchOptions {
   int prompt_tokens = 128;
   int new_tokens = 128;
   int repeat = 3;
+  std::string adapter;  // one of --lora-adapters, applied per row (not merged)
 };
 
 double median(std::vector<double> v) {
@@ -34,6 +35,7 @@ void run_bench(const BenchOptions& o) {
   GenerationParams params;
   params.max_new_tokens = o.new_tokens;
   params.stop_at_eos = false;
+  params.adapter = o.adapter;
   GenerationParams warmup = params;
   warmup.max_new_tokens = 4;
   generator.generate(prompt, warmup);
@@ -46,11 +48,11 @@ void run_bench(const BenchOptions& o) {
   }
   std::printf(
       "{\"engine\": \"mil\", \"model\": \"%s\", \"threads\": %d, \"matmul\": \"%s\", "
-      "\"prompt_tokens\": %d, \"new_tokens\": %d, \"repeat\": %d, "
+      "\"adapter\": \"%s\", \"prompt_tokens\": %d, \"new_tokens\": %d, \"repeat\": %d, "
       "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f}\n",
       o.model.model_id.c_str(), o.model.threads,
       o.model.exact ? "exact" : o.model.int8 ? "int8" : "f32",
-      o.prompt_tokens, o.new_tokens, o.repeat, median(prefill), median(decode));
+      o.adapter.c_str(), o.prompt_tokens, o.new_tokens, o.repeat, median(prefill), median(decode));
 }
 
 }  // namespace
@@ -64,6 +66,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--new-tokens", options->new_tokens)->capture_default_str()
       ->check(CLI::Range(2, 1 << 16));
   cmd->add_option("--repeat", options->repeat)->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("--adapter", options->adapter, "run with this registered LoRA adapter");
   cmd->callback([options] { run_bench(*options); });
 }
 
