@@ -12,9 +12,7 @@
 #include "core/tensor.h"
 #include "formats/model_config.h"
 #include "formats/peft_adapter.h"  // LoraTarget
-// ShardSpec is a plain struct of model/weights.h; only the header is used (mil_lora sits below
-// mil_model and links none of it).
-#include "model/weights.h"
+#include "core/shard.h"
 
 namespace mil {
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/shard.h"
 #include "core/tensor.h"
 #include "model/weight_source.h"
 
@@ -16,11 +17,6 @@ class LoraAdapter;
 }
 
 namespace mil {
-
-struct ShardSpec {
-  int rank = 0;
-  int world = 1;
-};
 
 struct LayerWeights {
   Tensor attn_norm;            // f32 [1, hidden]
