@@ -32,9 +32,10 @@ build: deps $(BUILD)/build.ninja
 test: setup build
 	MIL_DEFAULT_MODEL="$(MODEL)" ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
+# The default model and the two demo adapters on http://127.0.0.1:3000 (docs/SERVING.md).
 serve: setup build
-	$(BUILD)/src/mil generate --model-id "$(MODEL)" --max-new-tokens 64 --chat \
-	  --prompt "What is the capital of France?"
+	$(BUILD)/src/mil serve --model-id "$(MODEL)" \
+	  --lora-adapters caps=examples/adapters/smollm2-caps,pirate=examples/adapters/smollm2-pirate
 
 bench: setup build
 	scripts/bench_cpu.sh "$(MODEL)"

@@ -17,6 +17,7 @@ void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 // Options every model-running command shares.
 struct ModelOptions {
@@ -28,6 +29,7 @@ struct ModelOptions {
   std::vector<std::string> lora_adapters;  // NAME=PATH, registered at start-up
   bool merge_adapter = false;               // fold the single adapter into the weights
   int max_resident_adapters = 32;
+  bool adapter_store = false;  // create the AdapterStore even with no adapters (run-time loading)
   void add_to(CLI::App& cmd);
 };
 
@@ -35,7 +37,8 @@ struct ModelOptions {
 struct LoadedModel {
   std::unique_ptr<Ops> ops;
   std::unique_ptr<LlamaWeights> weights;
-  std::unique_ptr<AdapterStore> adapters;  // null when no adapter was given or it was merged
+  std::unique_ptr<AdapterStore> adapters;  // null when no adapter was given (and no
+                                           // adapter_store asked for) or it was merged
   std::unique_ptr<LlamaModel> model;
 };
 LoadedModel load_model(const ModelOptions& options);

@@ -23,15 +23,7 @@ struct GenerateOptions {
   int64_t context = 0;  // 0: prompt + max_new_tokens
 };
 
-const char* finish_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::Length: return "length";
-    case FinishReason::EndOfSequence: return "eos_token";
-    case FinishReason::StopToken: return "stop_sequence";
-    case FinishReason::Cancelled: return "cancelled";
-  }
-  return "?";
-}
+const char* finish_name(FinishReason r) { return finish_reason_name(r); }
 
 void run_generate(GenerateOptions o) {
   if (!o.adapter.empty()) {

@@ -52,7 +52,7 @@ LoadedModel load_model(const ModelOptions& options) {
     MIL_CHECK(options.lora_adapters.size() == 1, "--merge-adapter needs exactly one adapter");
     const auto [name, path] = split_adapter_spec(options.lora_adapters[0]);
     m.weights->merge_lora(load_lora_adapter(name, path, m.weights->config(), ShardSpec{}));
-  } else if (!options.lora_adapters.empty()) {
+  } else if (!options.lora_adapters.empty() || options.adapter_store) {
     m.adapters = std::make_unique<AdapterStore>(
         m.weights->config(), ShardSpec{},
         AdapterStore::Limits{options.max_resident_adapters, size_t{8} << 30});

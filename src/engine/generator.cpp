@@ -215,7 +215,7 @@ std::vector<GenerationResult> Generator::generate_batch(const std::vector<Genera
         s.result.finish = FinishReason::EndOfSequence;
       } else if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
                  p.stop_token_ids.end()) {
-        s.result.finish = FinishReason::StopToken;
+        s.result.finish = FinishReason::EndOfSequence;
       } else if (static_cast<int32_t>(s.result.tokens.size()) >= p.max_new_tokens) {
         s.result.finish = FinishReason::Length;
       } else {

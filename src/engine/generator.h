@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/block_allocator.h"
+#include "engine/request.h"
 #include "engine/sampler.h"
 #include "model/llama.h"
 
@@ -29,10 +30,9 @@ struct GenerationRequest {
   GenerationParams params;
 };
 
-enum class FinishReason { Length, EndOfSequence, StopToken, Cancelled };
-
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated tokens (the stop token included, as HF does)
+  // request.h's reasons: Length, EndOfSequence (EOS or a stop token id), Cancelled.
   FinishReason finish = FinishReason::Length;
   double prefill_seconds = 0;   // until the first new token
   double decode_seconds = 0;    // from the first new token to the last

@@ -362,6 +362,9 @@ PeftAdapter::PeftAdapter(const std::string& dir, const ModelConfig& base)
   const std::string& cfg = config_path_;
   const std::string& st = file_.path();
   const LoraConfig c = parse_config(read_config_json(cfg), cfg, base_model_);
+  config_rank_ = static_cast<int32_t>(c.r);
+  config_scale_ = static_cast<float>(c.rslora ? c.alpha / std::sqrt(static_cast<double>(c.r))
+                                              : c.alpha / static_cast<double>(c.r));
 
   // Which modules the config targets, with their rank and scale.
   struct Planned {

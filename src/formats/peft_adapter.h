@@ -57,6 +57,10 @@ class PeftAdapter {
   // its B at zero, so it contributes nothing).
   const std::vector<PeftModule>& modules() const { return modules_; }
   int32_t max_rank() const { return max_rank_; }
+  // The config's own `r` and the scale it gives (lora_alpha / r, or / sqrt(r) with use_rslora),
+  // before rank_pattern/alpha_pattern. LoRAX's adapter merges scale by these.
+  int32_t config_rank() const { return config_rank_; }
+  float config_scale() const { return config_scale_; }
 
  private:
   std::string config_path_;
@@ -64,6 +68,8 @@ class PeftAdapter {
   SafetensorsFile file_;
   std::vector<PeftModule> modules_;
   int32_t max_rank_ = 0;
+  int32_t config_rank_ = 0;
+  float config_scale_ = 0.0f;
 };
 
 }  // namespace mil

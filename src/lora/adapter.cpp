@@ -96,6 +96,8 @@ LoraAdapter load_lora_adapter(const std::string& name, const std::string& path,
   out.storage_ = HostBuffer(lora_adapter_bytes(peft, base, shard));
   out.modules_.resize(base.num_layers * kNumLoraTargets);
   out.max_rank_ = peft.max_rank();
+  out.config_rank_ = peft.config_rank();
+  out.config_scale_ = peft.config_scale();
   const bool permute_qk = base.rope.interleaved;
 
   float* next = static_cast<float*>(out.storage_.data());

@@ -10,8 +10,10 @@ namespace {
 constexpr size_t kMaxNameChars = 256;
 constexpr int kMaxSlots = 4096;
 
+}  // namespace
+
 // Names travel through URLs, logs and metrics labels: keep them to a safe, HF-hub-like set.
-bool valid_name(const std::string& name) {
+bool AdapterStore::valid_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameChars) return false;
   return std::all_of(name.begin(), name.end(), [](char ch) {
     const auto c = static_cast<unsigned char>(ch);
@@ -19,8 +21,6 @@ bool valid_name(const std::string& name) {
            c == '.' || c == '_' || c == '-' || c == '/' || c == ':' || c == '@' || c == '+';
   });
 }
-
-}  // namespace
 
 AdapterStore::AdapterStore(const ModelConfig& base, ShardSpec shard, Limits limits)
     : base_(base), shard_(shard), limits_(limits) {
@@ -65,6 +65,47 @@ void AdapterStore::add(const std::string& name, const std::string& path) {
   e.bytes = bytes;
 }
 
+void AdapterStore::add_merged(const std::string& name,
+                              const std::vector<std::pair<std::string, float>>& components) {
+  if (!valid_name(name)) {
+    fail("invalid adapter name '{}': use 1 to {} characters from A-Z a-z 0-9 . _ - / : @ +",
+         printable_name(name), kMaxNameChars);
+  }
+  MIL_CHECK(!components.empty(), "merged adapter '{}': no adapters to merge", name);
+  // Components in memory (resident or merged) are shared; the others are read from disk
+  // outside the lock, like acquire() does.
+  std::vector<std::shared_ptr<const LoraAdapter>> loaded(components.size());
+  std::vector<std::string> paths(components.size());
+  {
+    std::lock_guard lock(mu_);
+    MIL_CHECK(!entries_.contains(name), "adapter '{}' is already registered", name);
+    for (size_t i = 0; i < components.size(); ++i) {
+      Entry& e = find_locked(components[i].first, "merge");
+      loaded[i] = e.memory ? e.memory : e.adapter;
+      paths[i] = e.path;
+    }
+  }
+  for (size_t i = 0; i < components.size(); ++i) {
+    if (!loaded[i]) {
+      loaded[i] = std::make_shared<const LoraAdapter>(
+          load_lora_adapter(components[i].first, paths[i], base_, shard_));
+    }
+  }
+  std::vector<WeightedLoraAdapter> weighted;
+  weighted.reserve(components.size());
+  for (size_t i = 0; i < components.size(); ++i) weighted.push_back({loaded[i].get(), components[i].second});
+  auto merged = std::make_shared<const LoraAdapter>(merge_lora_adapters_linear(name, weighted));
+  MIL_CHECK(merged->bytes() <= limits_.max_bytes,
+            "merged adapter '{}' needs {} bytes, more than the {} bytes allowed for all resident "
+            "adapters", name, merged->bytes(), limits_.max_bytes);
+
+  std::lock_guard lock(mu_);
+  MIL_CHECK(!entries_.contains(name), "adapter '{}' is already registered", name);
+  Entry& e = entries_[name];
+  e.bytes = merged->bytes();
+  e.memory = std::move(merged);
+}
+
 void AdapterStore::remove(const std::string& name) {
   std::lock_guard lock(mu_);
   Entry& e = find_locked(name, "remove");
@@ -84,6 +125,12 @@ std::vector<std::string> AdapterStore::names() const {
   out.reserve(entries_.size());
   for (const auto& [name, e] : entries_) out.push_back(name);
   return out;
+}
+
+bool AdapterStore::resident(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(name);
+  return it != entries_.end() && it->second.slot >= 0;
 }
 
 size_t AdapterStore::registered_count() const {
@@ -128,6 +175,7 @@ AdapterStore::Entry& AdapterStore::find_locked(const std::string& name, const ch
 
 int32_t AdapterStore::acquire(const std::string& name) {
   std::string path;
+  std::shared_ptr<const LoraAdapter> memory;
   {
     std::lock_guard lock(mu_);
     Entry& e = find_locked(name, "acquire");
@@ -151,10 +199,12 @@ int32_t AdapterStore::acquire(const std::string& name) {
            limits_.max_resident, limits_.max_bytes, e.bytes);
     }
     path = e.path;
+    memory = e.memory;
   }
 
   // Read from disk without the lock: registration may go on meanwhile.
-  auto adapter = std::make_unique<LoraAdapter>(load_lora_adapter(name, path, base_, shard_));
+  std::shared_ptr<const LoraAdapter> adapter =
+      memory ? memory : std::make_shared<const LoraAdapter>(load_lora_adapter(name, path, base_, shard_));
 
   std::lock_guard lock(mu_);
   Entry& e = find_locked(name, "acquire");  // it may have been removed meanwhile
@@ -162,7 +212,8 @@ int32_t AdapterStore::acquire(const std::string& name) {
     ++e.pins;
     return e.slot;
   }
-  MIL_CHECK(e.path == path, "adapter '{}' was re-registered while it loaded; retry", name);
+  MIL_CHECK(e.path == path && e.memory == memory, "adapter '{}' was re-registered while it loaded; retry",
+            name);
   e.bytes = adapter->bytes();  // the files may have changed since registration
   for (;;) {
     const bool slot_free = std::find(slots_.begin(), slots_.end(), nullptr) != slots_.end();

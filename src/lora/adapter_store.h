@@ -1,6 +1,7 @@
 // The adapters a server knows about. Thousands may be registered (cheap: a path and a size);
 // at most Limits::max_resident of them, within Limits::max_bytes, are resident, each in a
-// slot. A request pins its adapter's slot for its lifetime (acquire/release); residents that
+// slot. Merged adapters (LoRAX merged_adapters) have no folder: their tensors are computed once
+// from the components and held in memory; they occupy a slot like any other while resident. A request pins its adapter's slot for its lifetime (acquire/release); residents that
 // no request pins are evicted least-recently-used first when another adapter needs room.
 //
 // The ops see adapters only through projection(layer, target): one LoraProjection per target
@@ -20,6 +21,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "backends/ops.h"
@@ -42,10 +45,20 @@ class AdapterStore {
   // tensor's shape now (reading the safetensors header, not the weights), so a bad adapter
   // fails here. Errors: invalid or duplicate name, an adapter larger than max_bytes.
   void add(const std::string& name, const std::string& path);
+  // Registers under `name` the LoRAX "linear" merge of registered adapters (see
+  // merge_lora_adapters_linear in lora/adapter.h), each with its weight. Reads the components
+  // (from memory when resident) and keeps the merged tensors in memory for as long as it is
+  // registered; later removing a component does not affect it. Errors: as add(), an unknown
+  // component, or components LoRAX would refuse to merge (different ranks).
+  void add_merged(const std::string& name, const std::vector<std::pair<std::string, float>>& components);
   // Unregisters and frees. Error if unknown, or pinned by a running request.
   void remove(const std::string& name);
 
+  // The characters and length add() accepts in a name.
+  static bool valid_name(std::string_view name);
+
   bool contains(const std::string& name) const;
+  bool resident(const std::string& name) const;  // false when unknown
   std::vector<std::string> names() const;  // sorted
   size_t registered_count() const;
   size_t resident_count() const;
@@ -70,12 +83,13 @@ class AdapterStore {
 
  private:
   struct Entry {
-    std::string path;
+    std::string path;                            // PEFT folder; "" for in-memory adapters
+    std::shared_ptr<const LoraAdapter> memory;   // in-memory (merged) adapters: always set
     size_t bytes = 0;  // what loading it takes, computed at registration
     int32_t slot = -1;
     int32_t pins = 0;
     uint64_t last_used = 0;
-    std::unique_ptr<LoraAdapter> adapter;  // set while resident
+    std::shared_ptr<const LoraAdapter> adapter;  // set while resident
   };
   // Per target projection: one entry per slot, pointed to by `proj`.
   struct Table {

@@ -49,7 +49,7 @@ TEST_F(GeneratorTest, StopTokenEndsGenerationAndIsIncluded) {
   p.stop_token_ids = {greedy[3]};
   const GenerationResult r = gen.generate(prompt_, p);
   const size_t first = std::find(greedy.begin(), greedy.end(), greedy[3]) - greedy.begin();
-  EXPECT_EQ(r.finish, FinishReason::StopToken);
+  EXPECT_EQ(r.finish, FinishReason::EndOfSequence);
   EXPECT_EQ(r.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + first + 1));
 }
 

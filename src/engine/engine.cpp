@@ -1,0 +1,733 @@
+// The real Engine (engine.h): the engine thread and its mechanism. Policy is scheduler.h's,
+// KV block bookkeeping block_manager.h's, token choice logits_processor.h's and stop
+// sequences stop_matcher.h's; this file wires them to the model, the adapter store and the
+// requests' event sinks.
+//
+// Threads: submit(), stats(), drain(), shutdown() and RequestHandle::cancel() come from any
+// thread and meet the engine thread only under Inbox::mu (new requests, flags) and the
+// handle's own mutex (cancellation versus event delivery). Everything else (sequences,
+// blocks, the KV cache, adapter pins) belongs to the engine thread alone.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/block_manager.h"
+#include "engine/logits_processor.h"
+#include "engine/scheduler.h"
+#include "engine/stop_matcher.h"
+#include "model/llama.h"
+#include "tokenizer/model_tokenizer.h"
+
+namespace mil {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Rows of prompt logits (prompt_logprobs) one step may ask the model for: the logits buffer
+// grows to the rows asked, so this bounds it (64 MiB of f32).
+constexpr int64_t kPromptLogitBytes = int64_t{64} << 20;
+// How long an engine with waiting requests but nothing it can run (say, every adapter slot
+// pinned by another user of the store) sleeps before planning again.
+constexpr auto kBlockedPoll = std::chrono::milliseconds(5);
+
+// Shared by the engine and the handles (which may outlive it).
+struct Inbox {
+  std::mutex mu;
+  std::condition_variable wake;  // the engine thread waits here
+  std::condition_variable idle_cv;  // drain() waits here
+  bool poked = false;            // a cancel() since the engine last looked
+  bool stop = false;
+  bool draining = false;
+  bool idle = true;              // no request submitted, queued or running
+  bool stopped = false;          // the engine thread has ended
+};
+
+struct HandleState {
+  // Held while delivering an event and while cancelling, so that after cancel() returns no
+  // event is delivered. Recursive: a sink may cancel its own request.
+  std::recursive_mutex mu;
+  std::atomic<bool> cancelled{false};
+};
+
+class Handle final : public RequestHandle {
+ public:
+  Handle(uint64_t id, std::shared_ptr<HandleState> state, std::weak_ptr<Inbox> inbox)
+      : id_(id), state_(std::move(state)), inbox_(std::move(inbox)) {}
+  void cancel() override {
+    {
+      std::lock_guard lock(state_->mu);
+      if (state_->cancelled.exchange(true)) return;
+    }
+    if (auto inbox = inbox_.lock()) {
+      std::lock_guard lock(inbox->mu);
+      inbox->poked = true;
+      inbox->wake.notify_all();
+    }
+  }
+  uint64_t id() const override { return id_; }
+
+ private:
+  uint64_t id_;
+  std::shared_ptr<HandleState> state_;
+  std::weak_ptr<Inbox> inbox_;
+};
+
+struct Sequence {
+  uint64_t id = 0;
+  std::shared_ptr<HandleState> handle;
+  EventSink sink;
+  RequestParams params;
+  int32_t prompt_len = 0;          // of the request
+  std::vector<int32_t> tokens;     // prompt, then generated tokens
+  int32_t generated = 0;
+  int64_t computed = 0;            // tokens whose keys and values are in the cache
+  SequenceBlocks kv;
+  int32_t slot = -1;               // pinned adapter slot while running; -1 = none / base
+  bool decoding = false;           // sampled since its last admission
+  std::string admission_error;     // its adapter can never be made resident
+  TokenChooser chooser;
+  std::optional<IncrementalDecoder> decoder;
+  StopMatcher stop;
+  std::vector<TokenInfo> prefill;  // prompt logprobs, while asked and being computed
+  bool prefill_done = false;       // prompt logprobs complete (or not asked)
+  int32_t cached_prompt_tokens = 0;
+  bool scheduled_once = false;
+  bool finished = false;           // its last event went out (or it failed): leaves the batch
+  Clock::time_point submitted, first_scheduled, first_token;
+
+  Sequence(uint64_t seed, const std::vector<std::string>& stops) : chooser(seed), stop(stops) {}
+  bool wants_prompt_logprobs() const { return params.prompt_logprobs && !prefill_done; }
+  bool cancelled() const { return handle->cancelled.load(std::memory_order_relaxed); }
+};
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options);
+  ~EngineImpl() override { shutdown(); }
+
+  std::shared_ptr<RequestHandle> submit(EngineRequest request, EventSink sink) override;
+  EngineStats stats() const override {
+    std::lock_guard lock(stats_mu_);
+    return stats_;
+  }
+  void set_step_observer(StepObserver observer) override {
+    std::lock_guard lock(stats_mu_);
+    observer_ = std::move(observer);
+  }
+  void drain() override;
+  void shutdown() override;
+
+ private:
+  struct Scheduled {
+    Sequence* seq;
+    int64_t tokens;
+    int32_t first_logit = -1;  // index into the step's logits
+    int32_t logit_rows = 0;
+    bool all_logits = false;
+    bool prefill = false;
+  };
+
+  void run();
+  // One iteration; false when nothing could run.
+  bool step();
+  void take_submitted();  // under inbox_->mu
+  void drop_cancelled();
+  bool adapter_fits(Sequence& s, size_t waiting_index);
+  void preempt(Sequence& s);
+  // Prompt logprobs of the chunk's rows, then the next token when the chunk completes it.
+  void process_logits(Scheduled& c, const Tensor& logits);
+  void emit_token(Sequence& s, const TokenChoice& choice);
+  // Frees `s`'s KV blocks and adapter pin (end, cancellation or preemption).
+  void retire(Sequence& s);
+  void fail(Sequence& s, const std::string& error);
+  void emit(Sequence& s, RequestEvent&& event);
+  void fill_final(Sequence& s, RequestEvent& event, Clock::time_point now) const;
+  TokenInfo token_info(int32_t id, float logprob) const;
+  void publish_stats(const StepReport* report);
+
+  LlamaModel& model_;
+  const ModelTokenizer& tokenizer_;
+  EngineOptions options_;
+  AdapterStore* adapters_;
+  KVCache cache_;
+  BlockManager blocks_;
+  SchedulerBudgets budgets_;
+  std::vector<int32_t> eos_ids_;
+  int64_t kv_bytes_ = 0;
+
+  std::shared_ptr<Inbox> inbox_ = std::make_shared<Inbox>();
+  std::deque<std::unique_ptr<Sequence>> submitted_;  // under inbox_->mu
+  std::atomic<uint64_t> next_id_{1};
+
+  // Engine thread only.
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  int64_t preemptions_ = 0;
+  int64_t prefix_hits_ = 0;
+
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;
+  StepObserver observer_;
+
+  std::mutex shutdown_mu_;
+  std::thread thread_;
+};
+
+int64_t kv_blocks_for(const LlamaModel& model, const EngineOptions& o, int64_t* bytes_per_block) {
+  MIL_CHECK(o.block_size > 0, "engine: block_size must be positive, got {}", o.block_size);
+  const ModelConfig& c = model.config();
+  const KVCache probe = model.make_kv_cache(1, o.block_size);
+  *bytes_per_block = 2 * c.num_layers * probe.keys(0).rows * probe.keys(0).cols *
+                     static_cast<int64_t>(sizeof(float));
+  const int64_t blocks = o.kv_blocks > 0 ? o.kv_blocks : o.kv_memory_bytes / *bytes_per_block;
+  MIL_CHECK(blocks >= 1, "engine: {} bytes of KV memory hold no block of {} tokens ({} bytes)",
+            o.kv_memory_bytes, o.block_size, *bytes_per_block);
+  return blocks;
+}
+
+int64_t kv_blocks_checked(const LlamaModel& model, const EngineOptions& o) {
+  int64_t unused = 0;
+  return kv_blocks_for(model, o, &unused);
+}
+
+EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options)
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      adapters_(model.adapters()),
+      cache_(model.make_kv_cache(kv_blocks_checked(model, options), options.block_size)),
+      blocks_(cache_.num_blocks(), options.block_size, options.prefix_caching) {
+  int64_t bytes_per_block = 0;
+  kv_blocks_for(model, options, &bytes_per_block);
+  kv_bytes_ = bytes_per_block * cache_.num_blocks();
+  const int64_t cache_tokens = cache_.num_blocks() * options.block_size;
+  MIL_CHECK(options.max_batch_prefill_tokens > 0, "engine: max_batch_prefill_tokens must be positive");
+  budgets_.block_size = options.block_size;
+  budgets_.step_tokens = std::min(options.max_batch_prefill_tokens, model.max_tokens_per_step());
+  budgets_.total_tokens = options.max_batch_total_tokens > 0
+                              ? std::min(options.max_batch_total_tokens, cache_tokens)
+                              : cache_tokens;
+  budgets_.max_batch_size = options.max_batch_size;
+  budgets_.step_logit_rows =
+      std::max<int64_t>(1, kPromptLogitBytes / (model.config().vocab_size * 4));
+
+  eos_ids_ = model.config().eos_token_ids;
+  if (!tokenizer.eos_token().empty()) {
+    if (auto id = tokenizer.tokenizer().token_to_id(tokenizer.eos_token())) eos_ids_.push_back(*id);
+  }
+
+  stats_.kv_blocks = cache_.num_blocks();
+  stats_.block_size = options.block_size;
+  stats_.kv_bytes = kv_bytes_;
+  stats_.max_batch_prefill_tokens = budgets_.step_tokens;
+  stats_.max_batch_total_tokens = budgets_.total_tokens;
+  stats_.free_blocks = blocks_.free_blocks();
+  thread_ = std::thread([this] { run(); });
+}
+
+std::shared_ptr<RequestHandle> EngineImpl::submit(EngineRequest request, EventSink sink) {
+  const ModelConfig& c = model_.config();
+  const RequestParams& p = request.params;
+  MIL_CHECK(!request.prompt.empty(), "the prompt is empty");
+  for (int32_t id : request.prompt) {
+    MIL_CHECK(id >= 0 && id < c.vocab_size, "prompt token id {} is outside the vocabulary ({})",
+              id, c.vocab_size);
+  }
+  MIL_CHECK(p.max_new_tokens >= 1, "max_new_tokens must be at least 1, got {}", p.max_new_tokens);
+  if (!p.adapter.empty()) {
+    MIL_CHECK(adapters_ != nullptr && adapters_->contains(p.adapter), "unknown adapter '{}'",
+              p.adapter);
+  }
+  const int64_t total = static_cast<int64_t>(request.prompt.size()) + p.max_new_tokens;
+  MIL_CHECK(total <= c.max_position_embeddings,
+            "prompt ({} tokens) + max_new_tokens ({}) exceed the model's {} positions",
+            request.prompt.size(), p.max_new_tokens, c.max_position_embeddings);
+  MIL_CHECK(blocks_.blocks_for(total) <= blocks_.num_blocks() && total <= budgets_.total_tokens,
+            "prompt ({} tokens) + max_new_tokens ({}) exceed the KV cache ({} tokens)",
+            request.prompt.size(), p.max_new_tokens,
+            std::min(blocks_.num_blocks() * blocks_.block_size(), budgets_.total_tokens));
+  MIL_CHECK(static_cast<bool>(sink), "submit needs an event sink");
+
+  auto s = std::make_unique<Sequence>(p.seed, p.stop);
+  s->id = next_id_.fetch_add(1);
+  s->handle = std::make_shared<HandleState>();
+  s->sink = std::move(sink);
+  s->params = std::move(request.params);
+  s->prompt_len = static_cast<int32_t>(request.prompt.size());
+  s->tokens = std::move(request.prompt);
+  s->tokens.reserve(s->tokens.size() + s->params.max_new_tokens);
+  s->prefill_done = !s->params.prompt_logprobs;
+  s->decoder.emplace(tokenizer_.tokenizer(), s->params.skip_special_tokens);
+  s->submitted = Clock::now();
+  auto handle = std::make_shared<Handle>(s->id, s->handle, inbox_);
+  {
+    std::lock_guard lock(inbox_->mu);
+    MIL_CHECK(!inbox_->stop && !inbox_->stopped, "the engine is shut down");
+    MIL_CHECK(!inbox_->draining, "the engine is draining and admits no new requests");
+    submitted_.push_back(std::move(s));
+    inbox_->idle = false;
+    inbox_->wake.notify_all();
+  }
+  return handle;
+}
+
+void EngineImpl::drain() {
+  std::unique_lock lock(inbox_->mu);
+  inbox_->draining = true;
+  inbox_->wake.notify_all();
+  inbox_->idle_cv.wait(lock, [&] { return inbox_->idle || inbox_->stopped; });
+}
+
+void EngineImpl::shutdown() {
+  {
+    std::lock_guard lock(inbox_->mu);
+    inbox_->stop = true;
+    inbox_->wake.notify_all();
+  }
+  // From a sink (the engine thread itself) it can only ask; the thread ends after this step.
+  if (std::this_thread::get_id() == thread_.get_id()) return;
+  std::lock_guard guard(shutdown_mu_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void EngineImpl::take_submitted() {
+  while (!submitted_.empty()) {
+    waiting_.push_back(std::move(submitted_.front()));
+    submitted_.pop_front();
+  }
+}
+
+void EngineImpl::run() {
+  bool blocked = false;  // the last step could run nothing
+  for (;;) {
+    {
+      std::unique_lock lock(inbox_->mu);
+      take_submitted();
+      if (inbox_->stop) break;
+      if (waiting_.empty() && running_.empty()) {
+        inbox_->idle = true;
+        inbox_->idle_cv.notify_all();
+        inbox_->wake.wait(lock, [&] { return inbox_->stop || !submitted_.empty() || inbox_->poked; });
+        inbox_->poked = false;
+        continue;
+      }
+      if (blocked) {
+        inbox_->wake.wait_for(lock, kBlockedPoll,
+                              [&] { return inbox_->stop || !submitted_.empty() || inbox_->poked; });
+        take_submitted();
+        if (inbox_->stop) break;
+      }
+      inbox_->poked = false;
+    }
+    drop_cancelled();
+    blocked = !step();
+  }
+  // Shut down: every unfinished request that still listens gets a final Error event.
+  {
+    std::lock_guard lock(inbox_->mu);
+    take_submitted();
+  }
+  for (auto& s : running_) fail(*s, "the engine shut down");
+  for (auto& s : waiting_) fail(*s, "the engine shut down");
+  running_.clear();
+  waiting_.clear();
+  publish_stats(nullptr);
+  std::lock_guard lock(inbox_->mu);
+  inbox_->stopped = true;
+  inbox_->idle = true;
+  inbox_->idle_cv.notify_all();
+}
+
+void EngineImpl::drop_cancelled() {
+  for (auto it = running_.begin(); it != running_.end();) {
+    if ((*it)->cancelled()) {
+      retire(**it);
+      it = running_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if ((*it)->cancelled()) {
+      retire(**it);
+      it = waiting_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void EngineImpl::retire(Sequence& s) {
+  blocks_.release(s.kv);
+  if (s.slot >= 0) adapters_->release(s.slot);
+  s.slot = -1;
+  s.computed = 0;
+}
+
+void EngineImpl::fail(Sequence& s, const std::string& error) {
+  retire(s);
+  s.finished = true;
+  RequestEvent e;
+  e.finished = true;
+  e.finish = FinishReason::Error;
+  e.error = error;
+  fill_final(s, e, Clock::now());
+  emit(s, std::move(e));
+}
+
+void EngineImpl::emit(Sequence& s, RequestEvent&& event) {
+  std::lock_guard lock(s.handle->mu);
+  if (s.handle->cancelled.load()) return;
+  try {
+    s.sink(std::move(event));
+  } catch (...) {
+    // A sink must not throw; one that does loses its event, not the engine.
+  }
+}
+
+void EngineImpl::fill_final(Sequence& s, RequestEvent& e, Clock::time_point now) const {
+  e.generated_tokens = s.generated;
+  e.prompt_tokens = s.prompt_len;
+  if (s.params.prompt_logprobs) e.prefill = std::move(s.prefill);
+  if (s.scheduled_once) {
+    e.queue_seconds = seconds_between(s.submitted, s.first_scheduled);
+    e.inference_seconds = seconds_between(s.first_scheduled, now);
+  } else {
+    e.queue_seconds = seconds_between(s.submitted, now);
+  }
+  if (s.generated > 0) e.first_token_seconds = seconds_between(s.submitted, s.first_token);
+  e.cached_prompt_tokens = s.cached_prompt_tokens;
+}
+
+TokenInfo EngineImpl::token_info(int32_t id, float logprob) const {
+  TokenInfo t;
+  t.id = id;
+  t.logprob = logprob;
+  const Tokenizer& tok = tokenizer_.tokenizer();
+  if (id >= 0 && id < tok.vocab_size()) {
+    const int32_t one[1] = {id};
+    t.text = tok.decode(one, false);
+    t.special = tok.is_special(id);
+  }
+  return t;
+}
+
+bool EngineImpl::adapter_fits(Sequence& s, size_t waiting_index) {
+  if (s.params.adapter.empty()) return true;
+  try {
+    s.slot = adapters_->acquire(s.params.adapter);
+    return true;
+  } catch (const Error& e) {
+    // Another request's pin may be what keeps it out: then it waits for that to end. With
+    // nothing pinned by this engine, waiting cannot help.
+    bool pinned = false;
+    for (const auto& r : running_) pinned |= r->slot >= 0;
+    for (size_t i = 0; i < waiting_index; ++i) pinned |= waiting_[i]->slot >= 0;
+    if (!pinned) s.admission_error = e.what();
+    return false;
+  }
+}
+
+void EngineImpl::preempt(Sequence& s) {
+  // Recompute: the tokens so far become the prompt of its next admission; the sampler,
+  // decoder and stop state stay, so the stream goes on where it stopped.
+  retire(s);
+  s.decoding = false;
+  if (!s.prefill_done) s.prefill.clear();  // its prompt logprobs are recomputed from the start
+  ++preemptions_;
+}
+
+bool EngineImpl::step() {
+  const Clock::time_point step_start = Clock::now();
+  StepReport report;
+
+  std::vector<RunningSeq> running_info;
+  running_info.reserve(running_.size());
+  for (const auto& s : running_) {
+    running_info.push_back({static_cast<int64_t>(s->tokens.size()), s->computed,
+                            static_cast<int64_t>(s->kv.blocks.size()),
+                            blocks_.exclusive_blocks(s->kv), s->wants_prompt_logprobs()});
+  }
+  std::vector<WaitingSeq> waiting_info;
+  waiting_info.reserve(waiting_.size());
+  for (const auto& s : waiting_) {
+    waiting_info.push_back({static_cast<int64_t>(s->tokens.size()),
+                            !s->wants_prompt_logprobs(), s->wants_prompt_logprobs()});
+  }
+  SchedulerState state;
+  state.running = &running_info;
+  state.waiting = &waiting_info;
+  state.available_blocks = blocks_.available_blocks();
+  state.prefix = [&](size_t i, int64_t max_tokens) {
+    const Sequence& s = *waiting_[i];
+    return blocks_.lookup(s.params.adapter, s.tokens, max_tokens);
+  };
+  state.adapter_fits = [&](size_t i) { return adapter_fits(*waiting_[i], i); };
+  const StepPlan plan = plan_step(state, budgets_);
+
+  // A request whose adapter can never be loaded fails instead of blocking the queue.
+  if (plan.admit.size() < waiting_.size() && !waiting_[plan.admit.size()]->admission_error.empty()) {
+    auto it = waiting_.begin() + static_cast<std::ptrdiff_t>(plan.admit.size());
+    fail(**it, (*it)->admission_error);
+    waiting_.erase(it);
+  }
+
+  std::vector<Scheduled> work;
+  for (const StepPlan::Chunk& c : plan.run) {
+    Sequence* s = running_[c.index].get();
+    work.push_back({s, c.tokens, -1, 0, s->wants_prompt_logprobs(), !s->decoding});
+  }
+  // Preemptions: out of the batch, back to the front of the queue, older ones first.
+  if (!plan.preempt.empty()) {
+    std::vector<bool> out(running_.size(), false);
+    for (size_t i : plan.preempt) out[i] = true;
+    std::vector<std::unique_ptr<Sequence>> keep;
+    std::vector<std::unique_ptr<Sequence>> preempted;
+    for (size_t i = 0; i < running_.size(); ++i) {
+      (out[i] ? preempted : keep).push_back(std::move(running_[i]));
+    }
+    running_ = std::move(keep);
+    for (auto it = preempted.rbegin(); it != preempted.rend(); ++it) {
+      preempt(**it);
+      waiting_.push_front(std::move(*it));
+    }
+    report.preempted = static_cast<int32_t>(preempted.size());
+  }
+  // Admissions: waiting_[0 .. admit.size()) in order, their adapters already pinned.
+  const Clock::time_point now = Clock::now();
+  for (const StepPlan::Chunk& c : plan.admit) {
+    Sequence& s = *waiting_[c.index];
+    const int64_t got = blocks_.acquire_prefix(s.params.adapter, s.tokens, c.cached_tokens, s.kv);
+    MIL_CHECK(got == c.cached_tokens, "engine: prefix cache gave {} tokens, planned {}", got,
+              c.cached_tokens);
+    s.computed = got;
+    prefix_hits_ += got;
+    if (!s.scheduled_once) {
+      s.scheduled_once = true;
+      s.first_scheduled = now;
+      s.cached_prompt_tokens = static_cast<int32_t>(got);
+    }
+    s.decoding = false;
+    work.push_back({&s, c.tokens, -1, 0, s.wants_prompt_logprobs(), true});
+  }
+  for (size_t i = 0; i < plan.admit.size(); ++i) {
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  report.admitted = static_cast<int32_t>(plan.admit.size());
+  if (work.empty()) {
+    publish_stats(nullptr);
+    return false;
+  }
+
+  // The step: rows grouped by adapter slot (stable, so oldest first within a slot).
+  std::stable_sort(work.begin(), work.end(),
+                   [](const Scheduled& a, const Scheduled& b) { return a.seq->slot < b.seq->slot; });
+  const int32_t bs = blocks_.block_size();
+  StepBatch batch;
+  batch.query_start.push_back(0);
+  size_t max_blocks = 0;
+  for (Scheduled& c : work) {
+    Sequence& s = *c.seq;
+    const int64_t context = s.computed + c.tokens;
+    const int64_t need = blocks_.blocks_for(context) - static_cast<int64_t>(s.kv.blocks.size());
+    MIL_CHECK(need <= 0 || blocks_.allocate(need, s.kv), "engine: KV blocks ran out (planned)");
+    const auto row0 = static_cast<int32_t>(batch.token_ids.size());
+    const bool completes = context == static_cast<int64_t>(s.tokens.size());
+    for (int64_t t = 0; t < c.tokens; ++t) {
+      const auto pos = static_cast<int32_t>(s.computed + t);
+      batch.token_ids.push_back(s.tokens[pos]);
+      batch.positions.push_back(pos);
+      batch.slots.push_back(s.kv.blocks[pos / bs] * bs + pos % bs);
+    }
+    if (c.all_logits) {
+      c.first_logit = static_cast<int32_t>(batch.logit_rows.size());
+      c.logit_rows = static_cast<int32_t>(c.tokens);
+      for (int64_t t = 0; t < c.tokens; ++t) batch.logit_rows.push_back(row0 + static_cast<int32_t>(t));
+    } else if (completes) {
+      c.first_logit = static_cast<int32_t>(batch.logit_rows.size());
+      c.logit_rows = 1;
+      batch.logit_rows.push_back(row0 + static_cast<int32_t>(c.tokens) - 1);
+    }
+    const auto rows_end = static_cast<int32_t>(batch.token_ids.size());
+    batch.query_start.push_back(rows_end);
+    batch.context_len.push_back(static_cast<int32_t>(context));
+    if (!batch.lora_segments.empty() && batch.lora_segments.back().slot == s.slot) {
+      batch.lora_segments.back().row_end = rows_end;
+    } else {
+      batch.lora_segments.push_back({row0, rows_end, s.slot});
+    }
+    max_blocks = std::max(max_blocks, s.kv.blocks.size());
+    if (c.prefill) {
+      ++report.prefill_sequences;
+      report.prefill_tokens += static_cast<int32_t>(c.tokens);
+    } else {
+      ++report.decode_sequences;
+    }
+  }
+  batch.max_blocks_per_seq = static_cast<int32_t>(max_blocks);
+  for (const Scheduled& c : work) {
+    const auto& b = c.seq->kv.blocks;
+    batch.block_table.insert(batch.block_table.end(), b.begin(), b.end());
+    batch.block_table.resize(batch.block_table.size() + (max_blocks - b.size()), b[0]);
+  }
+  const bool any_adapter = std::any_of(batch.lora_segments.begin(), batch.lora_segments.end(),
+                                       [](const LoraSegment& g) { return g.slot >= 0; });
+  if (!any_adapter) batch.lora_segments.clear();
+
+  const Clock::time_point forward_start = Clock::now();
+  Tensor logits;
+  try {
+    logits = model_.forward(batch, cache_);
+  } catch (const std::exception& e) {
+    // The step is lost; so are its requests (their cache contents are unknown now).
+    for (Scheduled& c : work) c.seq->computed = 0;
+    for (auto it = running_.begin(); it != running_.end();) {
+      const bool in_step = std::any_of(work.begin(), work.end(),
+                                       [&](const Scheduled& c) { return c.seq == it->get(); });
+      if (in_step) {
+        fail(**it, fmt::format("forward step failed: {}", e.what()));
+        it = running_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    publish_stats(nullptr);
+    return true;
+  }
+  const Clock::time_point sample_start = Clock::now();
+  report.forward_seconds = seconds_between(forward_start, sample_start);
+
+  for (Scheduled& c : work) {
+    Sequence& s = *c.seq;
+    s.computed += c.tokens;
+    blocks_.commit(s.params.adapter, s.tokens, s.computed, s.kv);
+    if (c.logit_rows > 0) process_logits(c, logits);
+  }
+  // Finished requests leave the batch (their sequences were retired in emit_token).
+  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
+  const Clock::time_point end = Clock::now();
+  report.sample_seconds = seconds_between(sample_start, end);
+  report.step_seconds = seconds_between(step_start, end);
+  publish_stats(&report);
+  return true;
+}
+
+void EngineImpl::process_logits(Scheduled& c, const Tensor& logits) {
+  Sequence& s = *c.seq;
+  const int64_t vocab = logits.cols;
+  auto row = [&](int32_t i) {
+    return std::span<const float>(logits.row<float>(c.first_logit + i), static_cast<size_t>(vocab));
+  };
+  try {
+    if (c.all_logits) {
+      // Row p holds the distribution of token p + 1.
+      std::vector<float> lp;
+      const int64_t first_pos = s.computed - c.tokens;
+      for (int32_t i = 0; i < c.logit_rows; ++i) {
+        const int64_t pos = first_pos + i;
+        if (pos == 0) s.prefill.push_back(token_info(s.tokens[0], std::nanf("")));
+        if (pos + 1 >= s.prompt_len) break;
+        log_softmax(row(i), lp);
+        const int32_t next = s.tokens[pos + 1];
+        s.prefill.push_back(token_info(next, lp[next]));
+      }
+      if (s.computed >= s.prompt_len) s.prefill_done = true;
+    }
+    if (s.computed != static_cast<int64_t>(s.tokens.size())) return;  // mid-prompt
+    const std::span<const int32_t> all(s.tokens);
+    const TokenChoice choice =
+        s.chooser.choose(row(c.logit_rows - 1), s.params, all,
+                         all.subspan(static_cast<size_t>(s.prompt_len)));
+    emit_token(s, choice);
+  } catch (const std::exception& e) {
+    fail(s, fmt::format("request {}: {}", s.id, e.what()));
+  }
+}
+
+void EngineImpl::emit_token(Sequence& s, const TokenChoice& choice) {
+  const Clock::time_point now = Clock::now();
+  const int32_t id = choice.token;
+  s.tokens.push_back(id);
+  ++s.generated;
+  s.decoding = true;
+  if (s.generated == 1) s.first_token = now;
+
+  RequestEvent e;
+  e.token = token_info(id, choice.logprob);
+  for (const auto& [alt, lp] : choice.top) e.top_tokens.push_back(token_info(alt, lp));
+  e.index = s.generated;
+
+  const bool eos = (!s.params.ignore_eos &&
+                    std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) ||
+                   std::find(s.params.stop_token_ids.begin(), s.params.stop_token_ids.end(), id) !=
+                       s.params.stop_token_ids.end();
+  const bool length = s.generated >= s.params.max_new_tokens;
+  e.text = s.decoder->push(id);
+  if (eos || length) e.text += s.decoder->flush();
+  const bool stop = s.stop.append(e.text);
+  const bool finished = eos || length || stop;
+  if (stop && !eos && !length) {
+    const std::string rest = s.decoder->flush();
+    e.text += rest;
+  }
+  e.visible_text = s.stop.take_visible(finished);
+  if (finished) {
+    e.finished = true;
+    s.finished = true;
+    e.finish = stop ? FinishReason::StopSequence
+                    : eos ? FinishReason::EndOfSequence : FinishReason::Length;
+    retire(s);
+    fill_final(s, e, now);
+  }
+  emit(s, std::move(e));
+}
+
+void EngineImpl::publish_stats(const StepReport* report) {
+  EngineStats st;
+  st.kv_blocks = cache_.num_blocks();
+  st.block_size = blocks_.block_size();
+  st.kv_bytes = kv_bytes_;
+  st.free_blocks = blocks_.free_blocks();
+  st.cached_blocks = blocks_.cached_blocks();
+  st.max_batch_prefill_tokens = budgets_.step_tokens;
+  st.max_batch_total_tokens = budgets_.total_tokens;
+  {
+    std::lock_guard lock(inbox_->mu);
+    st.queue_size = static_cast<int64_t>(waiting_.size() + submitted_.size());
+  }
+  st.running = static_cast<int64_t>(running_.size());
+  for (const auto& s : running_) st.running_tokens += s->computed;
+  st.preemptions = preemptions_;
+  st.prefix_cache_hits = prefix_hits_;
+  StepObserver observer;
+  {
+    std::lock_guard lock(stats_mu_);
+    stats_ = st;
+    if (report != nullptr) observer = observer_;
+  }
+  if (observer) observer(*report, st);
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> make_engine(LlamaModel& model, const ModelTokenizer& tokenizer,
+                                    EngineOptions options) {
+  return std::make_unique<EngineImpl>(model, tokenizer, options);
+}
+
+}  // namespace mil

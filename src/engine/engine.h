@@ -1,0 +1,96 @@
+// The serving engine: one engine thread runs continuous batching over the paged KV cache.
+// Requests come in from any thread (submit), each step mixes decode rows of running
+// sequences with prefill chunks of new ones (scheduler.h decides, the engine carries it out),
+// and every generated token goes back through the request's EventSink.
+//
+// Engine is an interface so that the HTTP server can be tested against a scripted engine;
+// make_engine builds the real one over a model.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+
+namespace mil {
+
+class LlamaModel;
+class ModelTokenizer;
+class AdapterStore;
+
+struct EngineOptions {
+  int32_t block_size = 16;
+  // KV cache size: kv_blocks when > 0, else as many blocks as kv_memory_bytes holds.
+  int64_t kv_blocks = 0;
+  int64_t kv_memory_bytes = int64_t{1} << 30;
+  int64_t max_batch_prefill_tokens = 4096;  // prompt tokens (and decode rows) per step
+  int64_t max_batch_total_tokens = 0;       // KV tokens of all running sequences; 0 = the cache
+  int32_t max_batch_size = 0;               // running sequences; 0 = unlimited
+  bool prefix_caching = true;
+};
+
+// What the engine sized and is doing now; cheap, callable from any thread.
+struct EngineStats {
+  int64_t kv_blocks = 0;        // in the cache
+  int32_t block_size = 0;
+  int64_t kv_bytes = 0;         // memory of the cache
+  int64_t free_blocks = 0;      // neither used nor cached
+  int64_t cached_blocks = 0;    // prefix-cache blocks no running sequence uses
+  int64_t max_batch_prefill_tokens = 0;
+  int64_t max_batch_total_tokens = 0;
+  int64_t queue_size = 0;       // submitted, not yet running
+  int64_t running = 0;          // sequences in the batch
+  int64_t running_tokens = 0;   // KV tokens they hold
+  int64_t preemptions = 0;      // total sequences preempted (recompute)
+  int64_t prefix_cache_hits = 0;  // total prompt tokens served from the prefix cache
+};
+
+// Reported after every step, on the engine thread (for metrics; must not block).
+struct StepReport {
+  int32_t prefill_sequences = 0;  // sequences with a prompt chunk in this step
+  int32_t prefill_tokens = 0;
+  int32_t decode_sequences = 0;
+  int32_t admitted = 0;           // sequences that started this step
+  int32_t preempted = 0;
+  double forward_seconds = 0;
+  double sample_seconds = 0;      // sampling, stop criteria, detokenization
+  double step_seconds = 0;
+};
+using StepObserver = std::function<void(const StepReport&, const EngineStats&)>;
+
+class RequestHandle {
+ public:
+  virtual ~RequestHandle() = default;
+  // Stops the request: its KV blocks and adapter pin are freed at the next step and no more
+  // events are sent (not even a final one). Safe from any thread, any number of times.
+  virtual void cancel() = 0;
+  virtual uint64_t id() const = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Queues a request. Throws mil::Error (nothing queued) for a request the engine can never
+  // run: empty prompt, ids outside the vocabulary, an unknown adapter, prompt + max_new_tokens
+  // over the model's positions or larger than the whole cache. Events go to `sink`.
+  virtual std::shared_ptr<RequestHandle> submit(EngineRequest request, EventSink sink) = 0;
+
+  virtual EngineStats stats() const = 0;
+  virtual void set_step_observer(StepObserver observer) = 0;  // before the first submit
+
+  // Stops admitting; returns once every running and queued request has finished.
+  virtual void drain() = 0;
+  // Stops the engine thread; unfinished requests get a final Error event.
+  virtual void shutdown() = 0;
+};
+
+// The real engine over `model` (and its tokenizer for detokenization and stop sequences). The
+// model, tokenizer and adapter store must outlive it. Starts the engine thread.
+std::unique_ptr<Engine> make_engine(LlamaModel& model, const ModelTokenizer& tokenizer,
+                                    EngineOptions options);
+
+}  // namespace mil
