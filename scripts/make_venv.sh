@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The Python venv for test clients and tools (.venv), from PyPI.
+# The Python venv for test clients and tools (.venv), from PyPI (requirements-dev.txt).
+# Reinstalls whenever requirements-dev.txt or the venv's Python changes: the stamp holds a
+# sha256 of both, written only after pip succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -c 'import sys' 2>/dev/null; then
+  rm -rf .venv
   python3 -m venv .venv
 fi
-stamp=.venv/.requirements
-if ! cmp -s requirements-dev.txt "$stamp"; then
+stamp=.venv/.requirements.sha256
+want="$( { sha256sum requirements-dev.txt; .venv/bin/python -VV; } | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
-  cp requirements-dev.txt "$stamp"
+  echo "$want" > "$stamp"
 fi

@@ -33,6 +33,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The prefix cache's adapter key: the name and its registration ("" for the base model).
+std::string prefix_cache_key(const std::string& adapter, uint64_t registration) {
+  return adapter.empty() ? std::string() : fmt::format("{}#{}", adapter, registration);
+}
+
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
@@ -97,6 +102,10 @@ struct Sequence {
   int64_t computed = 0;            // tokens whose keys and values are in the cache
   SequenceBlocks kv;
   int32_t slot = -1;               // pinned adapter slot while running; -1 = none / base
+  // The adapter registration (AdapterStore::registration) its KV is computed with, and the
+  // prefix-cache key naming it: a name unloaded and loaded again is another adapter.
+  uint64_t registration = 0;
+  std::string cache_key;           // "" for the base model
   bool decoding = false;           // sampled since its last admission
   std::string admission_error;     // its adapter can never be made resident
   TokenChooser chooser;
@@ -248,9 +257,10 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(EngineRequest request, EventSi
               id, c.vocab_size);
   }
   MIL_CHECK(p.max_new_tokens >= 1, "max_new_tokens must be at least 1, got {}", p.max_new_tokens);
+  uint64_t registration = 0;
   if (!p.adapter.empty()) {
-    MIL_CHECK(adapters_ != nullptr && adapters_->contains(p.adapter), "unknown adapter '{}'",
-              p.adapter);
+    if (adapters_ != nullptr) registration = adapters_->registration(p.adapter);
+    MIL_CHECK(registration != 0, "unknown adapter '{}'", p.adapter);
   }
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + p.max_new_tokens;
   MIL_CHECK(total <= c.max_position_embeddings,
@@ -267,6 +277,8 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(EngineRequest request, EventSi
   s->handle = std::make_shared<HandleState>();
   s->sink = std::move(sink);
   s->params = std::move(request.params);
+  s->registration = registration;
+  s->cache_key = prefix_cache_key(s->params.adapter, registration);
   s->prompt_len = static_cast<int32_t>(request.prompt.size());
   s->tokens = std::move(request.prompt);
   s->tokens.reserve(s->tokens.size() + s->params.max_new_tokens);
@@ -430,6 +442,16 @@ bool EngineImpl::adapter_fits(Sequence& s, size_t waiting_index) {
   if (s.params.adapter.empty()) return true;
   try {
     s.slot = adapters_->acquire(s.params.adapter);
+    const uint64_t registration = adapters_->slot_registration(s.slot);
+    if (registration != s.registration) {
+      // Unloaded and registered again since its prefix was looked up under the old key: not
+      // admitted this step; the next plan looks its prefix up under the new registration.
+      adapters_->release(s.slot);
+      s.slot = -1;
+      s.registration = registration;
+      s.cache_key = prefix_cache_key(s.params.adapter, registration);
+      return false;
+    }
     return true;
   } catch (const Error& e) {
     // Another request's pin may be what keeps it out: then it waits for that to end. With
@@ -437,7 +459,9 @@ bool EngineImpl::adapter_fits(Sequence& s, size_t waiting_index) {
     bool pinned = false;
     for (const auto& r : running_) pinned |= r->slot >= 0;
     for (size_t i = 0; i < waiting_index; ++i) pinned |= waiting_[i]->slot >= 0;
-    if (!pinned) s.admission_error = e.what();
+    // An adapter unloaded since submit can never come back under this request: fail it now
+    // instead of holding up the queue behind it.
+    if (!pinned || adapters_->registration(s.params.adapter) == 0) s.admission_error = e.what();
     return false;
   }
 }
@@ -474,7 +498,7 @@ bool EngineImpl::step() {
   state.available_blocks = blocks_.available_blocks();
   state.prefix = [&](size_t i, int64_t max_tokens) {
     const Sequence& s = *waiting_[i];
-    return blocks_.lookup(s.params.adapter, s.tokens, max_tokens);
+    return blocks_.lookup(s.cache_key, s.tokens, max_tokens);
   };
   state.adapter_fits = [&](size_t i) { return adapter_fits(*waiting_[i], i); };
   const StepPlan plan = plan_step(state, budgets_);
@@ -511,7 +535,7 @@ bool EngineImpl::step() {
   const Clock::time_point now = Clock::now();
   for (const StepPlan::Chunk& c : plan.admit) {
     Sequence& s = *waiting_[c.index];
-    const int64_t got = blocks_.acquire_prefix(s.params.adapter, s.tokens, c.cached_tokens, s.kv);
+    const int64_t got = blocks_.acquire_prefix(s.cache_key, s.tokens, c.cached_tokens, s.kv);
     MIL_CHECK(got == c.cached_tokens, "engine: prefix cache gave {} tokens, planned {}", got,
               c.cached_tokens);
     s.computed = got;
@@ -615,7 +639,7 @@ bool EngineImpl::step() {
   for (Scheduled& c : work) {
     Sequence& s = *c.seq;
     s.computed += c.tokens;
-    blocks_.commit(s.params.adapter, s.tokens, s.computed, s.kv);
+    blocks_.commit(s.cache_key, s.tokens, s.computed, s.kv);
     if (c.logit_rows > 0) process_logits(c, logits);
   }
   // Finished requests leave the batch (their sequences were retired in emit_token).

@@ -63,6 +63,7 @@ void AdapterStore::add(const std::string& name, const std::string& path) {
   Entry& e = entries_[name];
   e.path = path;
   e.bytes = bytes;
+  e.registration = ++registrations_;
 }
 
 void AdapterStore::add_merged(const std::string& name,
@@ -104,6 +105,7 @@ void AdapterStore::add_merged(const std::string& name,
   Entry& e = entries_[name];
   e.bytes = merged->bytes();
   e.memory = std::move(merged);
+  e.registration = ++registrations_;
 }
 
 void AdapterStore::remove(const std::string& name) {
@@ -164,6 +166,18 @@ int32_t AdapterStore::pins(const std::string& name) const {
   return it == entries_.end() ? 0 : it->second.pins;
 }
 
+uint64_t AdapterStore::registration(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(name);
+  return it == entries_.end() ? 0 : it->second.registration;
+}
+
+uint64_t AdapterStore::slot_registration(int32_t slot) const {
+  std::lock_guard lock(mu_);
+  MIL_CHECK(slot >= 0 && slot < num_slots(), "adapter slot {} is out of range", slot);
+  return slots_[slot] == nullptr ? 0 : slots_[slot]->registration;
+}
+
 AdapterStore::Entry& AdapterStore::find_locked(const std::string& name, const char* action) {
   auto it = entries_.find(name);
   if (it == entries_.end()) {
@@ -176,6 +190,7 @@ AdapterStore::Entry& AdapterStore::find_locked(const std::string& name, const ch
 int32_t AdapterStore::acquire(const std::string& name) {
   std::string path;
   std::shared_ptr<const LoraAdapter> memory;
+  uint64_t registration = 0;
   {
     std::lock_guard lock(mu_);
     Entry& e = find_locked(name, "acquire");
@@ -200,6 +215,7 @@ int32_t AdapterStore::acquire(const std::string& name) {
     }
     path = e.path;
     memory = e.memory;
+    registration = e.registration;
   }
 
   // Read from disk without the lock: registration may go on meanwhile.
@@ -212,7 +228,7 @@ int32_t AdapterStore::acquire(const std::string& name) {
     ++e.pins;
     return e.slot;
   }
-  MIL_CHECK(e.path == path && e.memory == memory, "adapter '{}' was re-registered while it loaded; retry",
+  MIL_CHECK(e.registration == registration, "adapter '{}' was re-registered while it loaded; retry",
             name);
   e.bytes = adapter->bytes();  // the files may have changed since registration
   for (;;) {

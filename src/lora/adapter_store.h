@@ -76,6 +76,12 @@ class AdapterStore {
   std::string slot_name(int32_t slot) const;
   // Pins on the adapter `name` (0 when unknown or not resident).
   int32_t pins(const std::string& name) const;
+  // Which registration `name` is now (0 when unknown): unique over the store's life, so an
+  // adapter removed and registered again under the same name (other weights, maybe) has
+  // another. Keys of things computed with an adapter (the engine's prefix cache) use it.
+  uint64_t registration(const std::string& name) const;
+  // The registration that fills `slot` (pinned by the caller), 0 when free.
+  uint64_t slot_registration(int32_t slot) const;
 
   // Engine thread only; see the top of this file.
   const LoraProjection& projection(int64_t layer, LoraTarget target) const;
@@ -89,6 +95,7 @@ class AdapterStore {
     int32_t slot = -1;
     int32_t pins = 0;
     uint64_t last_used = 0;
+    uint64_t registration = 0;                   // see registration()
     std::shared_ptr<const LoraAdapter> adapter;  // set while resident
   };
   // Per target projection: one entry per slot, pointed to by `proj`.
@@ -112,6 +119,7 @@ class AdapterStore {
   std::vector<Entry*> slots_;  // owner of each slot, nullptr when free (map nodes never move)
   size_t resident_bytes_ = 0;
   uint64_t clock_ = 0;  // ticks per acquire; orders least-recently-used
+  uint64_t registrations_ = 0;  // the last registration() handed out
   std::vector<Table> tables_;
   std::atomic<int32_t> max_rank_{0};
 };

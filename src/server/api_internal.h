@@ -99,7 +99,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
   Generation(Metrics& metrics, Admission admission, Clock::time_point received, Hooks hooks);
 
   // Submits every request; events start flowing at once. Throws mil::Error when the engine
-  // refuses one (the ones already submitted are cancelled and the run ends without on_done).
+  // refuses one (the ones already submitted are cancelled and the run ends without on_done),
+  // unless the run had already ended (an earlier prompt failed: on_done answered; or cancel()).
   void start(Engine& engine, std::vector<EngineRequest> requests);
   // The client went away: cancels the engine requests, ends the run, releases the slot.
   void cancel();

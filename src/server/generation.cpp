@@ -39,6 +39,9 @@ void Generation::start(Engine& engine, std::vector<EngineRequest> requests) {
       }
       for (const auto& h : submitted) h->cancel();
       const std::lock_guard lock(mu_);
+      // An earlier prompt may have failed meanwhile (on_done answered and counted it), or the
+      // client left (cancel()): the run is over and answered; throwing would answer twice.
+      if (ended_) return;
       ended_ = true;  // the caller answers (and counts) the error
       admission_.release();
       throw;

@@ -47,7 +47,9 @@ int64_t unix_seconds() {
 
 void parse_common(const json& body, const ApiOptions& options, OpenAiRequest& r) {
   r.model = string_field(body, "model").value_or("");
-  if (r.model.empty()) r.model = options.served_model_name;
+  // "tgi" is the placeholder TGI documents and its clients (huggingface_hub, text_generation)
+  // send when talking to a server of one model: the base model, as TGI serves it.
+  if (r.model.empty() || r.model == "tgi") r.model = options.served_model_name;
   r.stream = bool_field(body, "stream").value_or(false);
   if (const json* so = object_field(body, "stream_options")) {
     r.include_usage = bool_field(*so, "include_usage").value_or(false);
@@ -65,11 +67,12 @@ void parse_common(const json& body, const ApiOptions& options, OpenAiRequest& r)
   }
 
   RequestParams& p = r.params;
-  const auto temperature = number_field(body, "temperature");
+  // As a float: the engine divides by it (1e-50 is 0 and 1e300 inf as floats).
+  const auto temperature = float_field(body, "temperature");
   if (temperature && *temperature < 0) throw_validation("`temperature` must be non-negative");
   // OpenAI samples by default; temperature 0 means greedy (TGI's mapping).
   p.do_sample = !temperature || *temperature > 0;
-  p.temperature = temperature && *temperature > 0 ? static_cast<float>(*temperature) : 1.0f;
+  p.temperature = temperature && *temperature > 0 ? *temperature : 1.0f;
 
   const auto top_p = number_field(body, "top_p");
   if (top_p && (*top_p <= 0.0 || *top_p > 1.0))
@@ -91,11 +94,11 @@ void parse_common(const json& body, const ApiOptions& options, OpenAiRequest& r)
   p.frequency_penalty = static_cast<float>(number_field(body, "frequency_penalty").value_or(0.0));
   p.presence_penalty = static_cast<float>(number_field(body, "presence_penalty").value_or(0.0));
 
-  const auto repetition_penalty = number_field(body, "repetition_penalty");
-  if (repetition_penalty && *repetition_penalty <= 0) {
+  const auto repetition_penalty = float_field(body, "repetition_penalty");
+  if (repetition_penalty && !(*repetition_penalty > 0)) {
     throw_validation("`repetition_penalty` must be strictly positive");
   }
-  p.repetition_penalty = static_cast<float>(repetition_penalty.value_or(1.0));
+  p.repetition_penalty = repetition_penalty.value_or(1.0f);
 
   const auto seed = int_field(body, "seed");
   p.seed = seed ? static_cast<uint64_t>(*seed) : random_u64();

@@ -47,7 +47,9 @@ AdapterSpec parse_lorax_adapter(const json& params) {
       if (!weights->is_array()) throw_bad_request("`merged_adapters.weights` must be a list");
       for (const json& w : *weights) {
         if (!w.is_number()) throw_bad_request("`merged_adapters.weights` must hold numbers");
-        spec.merge_weights.push_back(w.get<float>());
+        const auto weight = static_cast<float>(w.get<double>());
+        if (!std::isfinite(weight)) throw_validation("`merged_adapters.weights` are out of range");
+        spec.merge_weights.push_back(weight);
       }
       if (spec.merge_weights.size() != spec.merge_ids.size()) {
         throw_validation(fmt::format(
@@ -84,15 +86,16 @@ TgiRequest parse_tgi_request(const json& body, const ApiOptions& options, bool c
   if (field(p, "grammar") != nullptr) throw_validation("grammar is not supported");
 
   RequestParams& rp = r.params;
-  const auto temperature = number_field(p, "temperature");
-  if (temperature && *temperature <= 0) throw_validation("`temperature` must be strictly positive");
-  rp.temperature = static_cast<float>(temperature.value_or(1.0));
+  // As floats: the engine divides by these, and 1e-50 is 0 (and 1e300 inf) as a float.
+  const auto temperature = float_field(p, "temperature");
+  if (temperature && !(*temperature > 0)) throw_validation("`temperature` must be strictly positive");
+  rp.temperature = temperature.value_or(1.0f);
 
-  const auto repetition_penalty = number_field(p, "repetition_penalty");
-  if (repetition_penalty && *repetition_penalty <= 0) {
+  const auto repetition_penalty = float_field(p, "repetition_penalty");
+  if (repetition_penalty && !(*repetition_penalty > 0)) {
     throw_validation("`repetition_penalty` must be strictly positive");
   }
-  rp.repetition_penalty = static_cast<float>(repetition_penalty.value_or(1.0));
+  rp.repetition_penalty = repetition_penalty.value_or(1.0f);
 
   const auto frequency_penalty = number_field(p, "frequency_penalty");
   if (frequency_penalty && (*frequency_penalty < -2.0 || *frequency_penalty > 2.0)) {
@@ -134,6 +137,8 @@ TgiRequest parse_tgi_request(const json& body, const ApiOptions& options, bool c
   r.sampling =
       do_sample || rp.temperature != 1.0f || rp.top_k > 0 || rp.top_p < 1.0f || rp.typical_p < 1.0f;
   rp.do_sample = r.sampling;
+  // LoRAX's ignore_eos_token: generate max_new_tokens whatever the model says.
+  rp.ignore_eos = bool_field(p, "ignore_eos_token").value_or(false);
   rp.seed = uint_field(p, "seed").value_or(0);
   if (!uint_field(p, "seed")) rp.seed = random_u64();
 
@@ -191,6 +196,7 @@ HttpResponse generate_response(const TgiRequest& r, const Generation& gen, bool 
     json details = {{"finish_reason", tgi_finish_reason(last.finish)},
                     {"generated_tokens", last.generated_tokens},
                     {"seed", seed_json(r)},
+                    {"prompt_tokens", last.prompt_tokens},  // LoRAX's field; its client needs it
                     {"prefill", std::move(prefill)},
                     {"tokens", tokens_json(result.tokens)}};
     if (r.params.top_n_tokens > 0) {
@@ -232,7 +238,8 @@ std::string stream_event(const TgiRequest& r, const Generation& gen, const Reque
     payload["details"] = {{"finish_reason", tgi_finish_reason(event.finish)},
                           {"generated_tokens", event.generated_tokens},
                           {"seed", seed_json(r)},
-                          {"input_length", event.prompt_tokens}};
+                          {"input_length", event.prompt_tokens},
+                          {"prompt_tokens", event.prompt_tokens}};  // LoRAX's spelling
   } else {
     payload["generated_text"] = nullptr;
     payload["details"] = nullptr;

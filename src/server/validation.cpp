@@ -54,6 +54,14 @@ std::optional<double> number_field(const json& object, std::string_view key) {
   return v;
 }
 
+std::optional<float> float_field(const json& object, std::string_view key) {
+  const std::optional<double> v = number_field(object, key);
+  if (!v) return std::nullopt;
+  const auto f = static_cast<float>(*v);
+  if (!std::isfinite(f)) throw_validation(fmt::format("`{}` is out of range", key));
+  return f;
+}
+
 std::optional<int64_t> int_field(const json& object, std::string_view key) {
   const json* value = field(object, key);
   if (value == nullptr) return std::nullopt;
@@ -113,7 +121,8 @@ int32_t apply_length_limits(const LengthLimits& limits, std::vector<int32_t>& id
   const int64_t new_tokens = max_new_tokens
                                  ? *max_new_tokens
                                  : std::max<int64_t>(limits.max_total_tokens - input_length, 0);
-  if (input_length + new_tokens > limits.max_total_tokens) {
+  // Compared without adding: a client's max_new_tokens may be near INT64_MAX.
+  if (new_tokens > limits.max_total_tokens - input_length) {
     throw_validation(fmt::format(
         "`inputs` tokens + `max_new_tokens` must be <= {}. Given: {} `inputs` tokens and {} "
         "`max_new_tokens`",

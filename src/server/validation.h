@@ -44,6 +44,9 @@ std::optional<bool> bool_field(const nlohmann::json& object, std::string_view ke
 std::optional<double> number_field(const nlohmann::json& object, std::string_view key);
 // Integers only (1.0 is refused, as serde does for integer fields).
 std::optional<int64_t> int_field(const nlohmann::json& object, std::string_view key);
+// A number field as the float the engine uses: 422 when it has no finite float value
+// (1e300 would become inf); positivity is checked by the caller on the float (1e-50 is 0).
+std::optional<float> float_field(const nlohmann::json& object, std::string_view key);
 // An unsigned 64-bit integer (seeds).
 std::optional<uint64_t> uint_field(const nlohmann::json& object, std::string_view key);
 // A list of strings; with `allow_single`, a lone string is a list of one (OpenAI's `stop`).

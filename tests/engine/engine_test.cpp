@@ -298,6 +298,50 @@ TEST_F(EngineTest, PrefixCacheReusesBlocksPerAdapterAndChangesNothing) {
   expect_all_blocks_back(*e);
 }
 
+TEST_F(EngineTest, PrefixCacheNeverReusesBlocksOfAnUnloadedAdapterUnderTheSameName) {
+  // vLLM's /v1/unload_lora_adapter then /v1/load_lora_adapter may put other weights under the
+  // same name: the blocks cached under the old registration hold the old adapter's keys and
+  // values and must not be reused.
+  std::mt19937 rng(31);
+  const std::vector<int32_t> prompt = random_prompt(rng, 30);
+  auto e = engine();
+  auto run = [&](const std::string& adapter) {
+    Collector c;
+    e->submit(greedy(prompt, 4, adapter), c.sink());
+    EXPECT_TRUE(c.wait());
+    return c.last().cached_prompt_tokens;
+  };
+  EXPECT_EQ(run("g"), 0);
+  EXPECT_EQ(run("g"), 28);
+  expect_all_blocks_back(*e);
+  const uint64_t before = store_->registration("g");
+  store_->remove("g");
+  EXPECT_EQ(store_->registration("g"), 0u);
+  store_->add("g", (kFixtures / "lora" / "gguf_F32" / "g_r8_qk").string());
+  EXPECT_NE(store_->registration("g"), before);
+  EXPECT_EQ(run("g"), 0);   // a new registration: nothing cached yet
+  EXPECT_EQ(run("g"), 28);  // and its own blocks are reused
+  expect_all_blocks_back(*e);
+
+  // Re-registered while a request for it waits in the queue (submitted under the old one).
+  EngineOptions o;
+  o.max_batch_size = 1;
+  auto one = engine(o);
+  Collector seed, busy, waiting;
+  one->submit(greedy(prompt, 4, "g"), seed.sink());
+  ASSERT_TRUE(seed.wait());
+  one->submit(greedy(random_prompt(rng, 8), 150), busy.sink());  // holds the only batch place
+  one->submit(greedy(prompt, 4, "g"), waiting.sink());
+  store_->remove("g");
+  store_->add("g", (kFixtures / "lora" / "gguf_F32" / "g_r8_qk").string());
+  ASSERT_TRUE(waiting.wait());
+  ASSERT_TRUE(busy.wait());
+  EXPECT_EQ(waiting.last().finish, FinishReason::Length);
+  EXPECT_EQ(waiting.last().cached_prompt_tokens, 0);
+  EXPECT_EQ(waiting.tokens(), alone(prompt, 4, "g"));
+  expect_all_blocks_back(*one);
+}
+
 TEST_F(EngineTest, PreemptionUnderATinyCacheKeepsGreedyOutputsAndStreams) {
   std::mt19937 rng(4);
   std::vector<std::vector<int32_t>> prompts, expected;

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -68,7 +69,19 @@ class FakeEngine : public Engine {
   };
 
   std::shared_ptr<RequestHandle> submit(EngineRequest request, EventSink sink) override {
-    const std::lock_guard lock(mu);
+    std::unique_lock lock(mu);
+    if (submitted.size() == fail_previous_then_refuse_at) {
+      // A real engine's race: an earlier prompt of the request fails before a later one is
+      // refused.
+      EventSink first = submitted.back().sink;
+      lock.unlock();
+      RequestEvent e;
+      e.finished = true;
+      e.finish = FinishReason::Error;
+      e.error = "earlier prompt failed";
+      first(std::move(e));
+      throw Error("refused");
+    }
     if (!refuse.empty()) throw Error(refuse);
     auto handle = std::make_shared<FakeHandle>(submitted.size());
     submitted.push_back({std::move(request), std::move(sink), handle});
@@ -126,6 +139,7 @@ class FakeEngine : public Engine {
   std::vector<Submitted> submitted;
   std::map<size_t, int32_t> indices;
   std::string refuse;  // submit throws this when set
+  size_t fail_previous_then_refuse_at = SIZE_MAX;  // the submission that does so; see submit
   EngineStats engine_stats;
   StepObserver observer;
 };
@@ -487,6 +501,60 @@ TEST_F(ApiTest, EngineRefusalIs422AndGenerationErrorIs424) {
   EXPECT_EQ(r->response->status, 424);
   EXPECT_EQ(r->body(), json({{"error", "device lost"}, {"error_type", "generation"}}));
   EXPECT_EQ(api_->in_flight(), 0);
+}
+
+TEST_F(ApiTest, EarlierPromptFailingBeforeALaterRefusalAnswersOnce) {
+  engine_.fail_previous_then_refuse_at = 1;
+  auto r = post("/v1/completions", {{"prompt", {"a", "b"}}, {"max_tokens", 2}});
+  ASSERT_TRUE(r->done());  // FakeResponder fails the test when answered twice
+  EXPECT_EQ(r->response->status, 424);
+  EXPECT_EQ(r->body()["error"]["message"], "earlier prompt failed");
+  EXPECT_EQ(api_->in_flight(), 0);
+  EXPECT_TRUE(engine_.at(0).handle->cancelled);
+
+  engine_.fail_previous_then_refuse_at = 2;
+  auto s = post("/v1/completions", {{"prompt", {"a", "b"}}, {"max_tokens", 2}, {"stream", true}});
+  ASSERT_TRUE(s->writer);
+  EXPECT_TRUE(s->writer->finished);
+  const auto events = s->writer->events();
+  ASSERT_EQ(events.size(), 1u);  // the generation error only, no second (validation) one
+  EXPECT_EQ(json::parse(events[0])["error"]["message"], "earlier prompt failed");
+  EXPECT_EQ(api_->in_flight(), 0);
+  const std::string metrics = metrics_.render();
+  EXPECT_NE(metrics.find("tgi_request_failure{err=\"generation\"} 2"), std::string::npos)
+      << metrics;
+  EXPECT_EQ(metrics.find("tgi_request_failure{err=\"validation\"}"), std::string::npos);
+}
+
+TEST_F(ApiTest, HugeAndTinyNumbersAreRefusedNotWrappedOrRounded) {
+  make_api();
+  auto params = [](json p) { return json({{"inputs", "Hello"}, {"parameters", p}}).dump(); };
+  // INT64_MAX would overflow prompt + max_new_tokens and reach the engine as -1.
+  expect_error("/generate", params({{"max_new_tokens", INT64_MAX}}), 422, "validation",
+               "`inputs` tokens + `max_new_tokens` must be <= 128");
+  expect_error("/v1/completions", json({{"prompt", "x"}, {"max_tokens", INT64_MAX}}).dump(), 422,
+               "validation", "must be <= 128");
+  // 1e-50 is 0 as a float (the engine divides by it), 1e300 is inf.
+  expect_error("/generate", params({{"temperature", 1e-50}}), 422, "validation",
+               "`temperature` must be strictly positive");
+  expect_error("/generate", params({{"temperature", 1e300}}), 422, "validation",
+               "`temperature` is out of range");
+  expect_error("/generate", params({{"repetition_penalty", 1e-50}}), 422, "validation",
+               "`repetition_penalty` must be strictly positive");
+  expect_error("/v1/chat/completions",
+               json({{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                     {"repetition_penalty", 1e300}})
+                   .dump(),
+               422, "validation", "`repetition_penalty` is out of range");
+  expect_error("/generate",
+               params({{"adapter_id", ""},
+                       {"merged_adapters", {{"ids", {"a", "b"}}, {"weights", {1e300, 1.0}}}}}),
+               422, "validation", "`merged_adapters.weights` are out of range");
+  // OpenAI's temperature rounding to 0 is greedy, as 0 is.
+  auto greedy = post("/v1/completions", {{"prompt", "x"}, {"temperature", 1e-50}});
+  ASSERT_EQ(engine_.count(), 1u);
+  EXPECT_FALSE(engine_.at(0).request.params.do_sample);
+  EXPECT_EQ(engine_.at(0).request.params.temperature, 1.0f);
 }
 
 TEST_F(ApiTest, GenerateStreamSendsTgiEvents) {
