@@ -10,11 +10,10 @@ Workload:
   --num-requests N           requests in the run (default 64)
   --input-len L              prompt length in tokens, exact: synthetic word prompts calibrated with
                              the server's /tokenize (each request gets a different prompt)
-  --output-len M             max_new_tokens. TGI/MIL have no ignore_eos, so prompts are plain
-                             word lists (not chat) that rarely end at EOS; the real generated
-                             length is measured and reported (mean/min), and throughput uses it.
-                             --ignore-eos also sends LoRAX's `ignore_eos_token: true` (MIL ignores
-                             unknown fields).
+  --output-len M             max_new_tokens. With --ignore-eos the request also carries LoRAX's
+                             `ignore_eos_token: true` (MIL honours it), so every request
+                             generates exactly M tokens; without it the real generated length
+                             is measured and reported (mean/min), and throughput uses it.
   --request-rate R           requests/s with Poisson arrivals; "inf" (default) sends all at once
   --workload W               adapter popularity, as Punica defines it (benchmarks/benchmark_utils
                              get_lora_lens), over the adapters given with --adapters:
