@@ -186,9 +186,35 @@ void Api::Impl::guarded(const std::shared_ptr<Responder>& responder, Dialect dia
   } catch (const std::exception& e) {
     spdlog::error("request failed: {}", e.what());
     error.emplace(500, "internal", "internal error");
+  } catch (...) {
+    spdlog::error("request failed: unknown exception");
+    error.emplace(500, "internal", "internal error");
   }
-  if (generation) metrics.request_failed(error->type());
-  fail(*responder, dialect, *error);
+  // Nothing below may throw: this runs on I/O threads and on the blocking pool.
+  try {
+    auto* tracked = dynamic_cast<TrackedResponder*>(responder.get());
+    bool answered = false;
+    if (tracked == nullptr) {
+      fail(*responder, dialect, *error);
+      answered = true;
+    } else if (tracked->respond_if_unanswered(
+                   error_response(dialect, error->status(), error->type(), error->what()))) {
+      answered = true;
+    } else if (const std::shared_ptr<StreamWriter> writer = tracked->open_stream()) {
+      // The stream is open (a failure after stream()): end it with an error event. Writes after
+      // its finish() are dropped, so this is harmless if it had ended meanwhile.
+      writer->write(error_event(dialect, error->type(), error->what()));
+      writer->finish();
+      answered = true;
+    } else {
+      spdlog::error("request failed after it was answered: {}", error->what());
+    }
+    if (answered && generation) metrics.request_failed(error->type());
+  } catch (const std::exception& e) {
+    spdlog::error("could not answer a failed request: {}", e.what());
+  } catch (...) {
+    spdlog::error("could not answer a failed request");
+  }
 }
 
 void Api::Impl::with_adapter(AdapterSpec spec, std::shared_ptr<Responder> responder,
@@ -206,9 +232,13 @@ void Api::Impl::with_adapter(AdapterSpec spec, std::shared_ptr<Responder> respon
       });
 }
 
+bool Api::Impl::names_base_model(const std::string& model) const {
+  return is_model_placeholder(model) || model == options.served_model_name;
+}
+
 AdapterSpec Api::Impl::adapter_of_model(const std::string& model) const {
   AdapterSpec spec;
-  if (!model.empty() && model != options.served_model_name) spec.id = model;
+  if (!names_base_model(model)) spec.id = model;
   return spec;
 }
 
@@ -226,8 +256,11 @@ void Api::start_draining() { impl_->draining.store(true); }
 
 int64_t Api::in_flight() const { return impl_->in_flight->load(); }
 
-void Api::handle(const HttpRequest& request, std::shared_ptr<Responder> responder) {
+void Api::handle(const HttpRequest& request, std::shared_ptr<Responder> transport_responder) {
   Impl& impl = *impl_;
+  // Remembers what was answered, for guarded().
+  const std::shared_ptr<Responder> responder =
+      std::make_shared<TrackedResponder>(std::move(transport_responder));
   const bool openai = request.path.starts_with("/v1/");
   const Dialect dialect = openai ? Dialect::OpenAi : Dialect::Tgi;
 

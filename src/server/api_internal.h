@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,13 @@
 #include "tokenizer/model_tokenizer.h"
 
 namespace mil::server {
+
+// "tgi" and "dummy" are the placeholders TGI's clients send as `model` to a one-model server
+// (text_generation's Client.chat, huggingface_hub's InferenceClient with a base_url); TGI
+// ignores `model`, so for MIL they name the base model, as "" does.
+inline bool is_model_placeholder(const std::string& model) {
+  return model.empty() || model == "tgi" || model == "dummy";
+}
 
 inline constexpr const char* kMilVersion = "0.1.0";
 
@@ -47,6 +55,54 @@ std::string sse_event(Dialect dialect, const nlohmann::json& payload);
 
 // TGI's finish reason names.
 const char* tgi_finish_reason(FinishReason reason);
+
+// The Responder the routes see: forwards to the transport's and remembers whether (and how) the
+// request was answered, so that an error escaping a route after it answered or opened a stream
+// (Api::Impl::guarded) ends that answer instead of answering twice.
+class TrackedResponder final : public Responder {
+ public:
+  explicit TrackedResponder(std::shared_ptr<Responder> inner) : inner_(std::move(inner)) {}
+
+  void respond(HttpResponse response) override {
+    if (!claim(kResponded)) throw std::logic_error("Responder: respond/stream called twice");
+    inner_->respond(std::move(response));
+  }
+  std::shared_ptr<StreamWriter> stream(
+      std::vector<std::pair<std::string, std::string>> headers = {}) override {
+    if (!claim(kStreaming)) throw std::logic_error("Responder: respond/stream called twice");
+    std::shared_ptr<StreamWriter> writer = inner_->stream(std::move(headers));
+    const std::lock_guard lock(mu_);
+    writer_ = writer;
+    return writer;
+  }
+  void on_disconnect(std::function<void()> callback) override {
+    inner_->on_disconnect(std::move(callback));
+  }
+
+  // Responds unless the request was answered already; false then.
+  bool respond_if_unanswered(HttpResponse response) {
+    if (!claim(kResponded)) return false;
+    inner_->respond(std::move(response));
+    return true;
+  }
+  // The stream stream() opened, or null (not streaming, or stream() failed).
+  std::shared_ptr<StreamWriter> open_stream() const {
+    const std::lock_guard lock(mu_);
+    return writer_;
+  }
+
+ private:
+  static constexpr int kUnanswered = 0, kResponded = 1, kStreaming = 2;
+  bool claim(int how) {
+    int expected = kUnanswered;
+    return state_.compare_exchange_strong(expected, how);
+  }
+
+  const std::shared_ptr<Responder> inner_;
+  std::atomic<int> state_{kUnanswered};
+  mutable std::mutex mu_;
+  std::shared_ptr<StreamWriter> writer_;
+};
 
 // A held slot of max_concurrent_requests; released when destroyed or by release(). The
 // counter is shared so that a slot held by an engine sink stays valid whatever dies first.
@@ -102,8 +158,16 @@ class Generation : public std::enable_shared_from_this<Generation> {
   // refuses one (the ones already submitted are cancelled and the run ends without on_done),
   // unless the run had already ended (an earlier prompt failed: on_done answered; or cancel()).
   void start(Engine& engine, std::vector<EngineRequest> requests);
-  // The client went away: cancels the engine requests, ends the run, releases the slot.
+  // The client went away: cancels the engine requests, ends the run, releases the slot (counted
+  // as the failure "cancelled"); on_done is not called, so nothing is answered afterwards.
   void cancel();
+  // A callback for Responder/StreamWriter::on_disconnect that cancel()s this run (it holds the
+  // generation weakly: the generation's hooks may hold the responder).
+  std::function<void()> canceller() {
+    return [weak = weak_from_this()] {
+      if (auto self = weak.lock()) self->cancel();
+    };
+  }
 
   const std::vector<PromptResult>& prompts() const { return prompts_; }
   const std::string& error() const { return error_; }
@@ -153,9 +217,12 @@ struct Api::Impl {
   Admission admit();
   // Answers an error in `dialect` and counts the failure.
   void fail(Responder& responder, Dialect dialect, const ApiError& error);
-  // Runs `body`, turning ApiError/AdapterError/mil::Error/std::exception into error answers
-  // (counted in tgi_request_failure when `generation`). `body` must not throw once it has
-  // handed the responder to a Generation.
+  // Runs `body`, turning ApiError/AdapterError/mil::Error/any other exception into error
+  // answers (counted in tgi_request_failure when `generation`). Never throws (it runs tasks of
+  // the blocking pool, where an exception would end the process). Answers only what was not
+  // answered yet: with `responder` a TrackedResponder (Api::handle makes one), an error after
+  // stream() becomes an SSE error event that ends the stream, and one after respond() is only
+  // logged.
   void guarded(const std::shared_ptr<Responder>& responder, Dialect dialect,
                const std::function<void()>& body, bool generation = false);
   // Resolves `spec` to the adapter name to run: at once for the base model, else on the
@@ -174,6 +241,7 @@ struct Api::Impl {
   HttpResponse openai_models();
   // The adapter an OpenAI `model` names: the base for the served name, "" or absent.
   AdapterSpec adapter_of_model(const std::string& model) const;
+  bool names_base_model(const std::string& model) const;
 };
 
 }  // namespace mil::server

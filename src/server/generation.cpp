@@ -31,7 +31,7 @@ void Generation::start(Engine& engine, std::vector<EngineRequest> requests) {
                              [self = shared_from_this(), i](RequestEvent&& event) {
                                self->on_event(i, std::move(event));
                              });
-    } catch (const Error&) {
+    } catch (...) {  // mil::Error (a refusal) or anything else (bad_alloc): the same clean-up
       std::vector<std::shared_ptr<RequestHandle>> submitted;
       {
         const std::lock_guard lock(handles_mu_);

@@ -47,6 +47,8 @@ class StreamWriter {
   virtual bool closed() const = 0;
   // Called once, on an I/O thread, when the peer disconnects before finish(); not called
   // after finish(). Set it before the first write; calls it at once if already disconnected.
+  // The same registration as Responder::on_disconnect of the request that opened the stream:
+  // callbacks set on either handle all fire (each once) on a disconnect.
   virtual void on_disconnect(std::function<void()> callback) = 0;
 };
 
@@ -59,6 +61,14 @@ class Responder {
   // Switches to streaming with the given extra headers; only one of respond/stream, once.
   virtual std::shared_ptr<StreamWriter> stream(
       std::vector<std::pair<std::string, std::string>> headers = {}) = 0;
+  // Called once, on an I/O thread, when the peer goes away (EOF or reset) before the response
+  // is complete: while the handler works on a whole response, or after stream() until the
+  // stream's finish(). Not called after respond() nor after finish(); called at once (on the
+  // calling thread) if the peer is already gone. Every callback registered for the request,
+  // here or on its StreamWriter, fires; each is released once it fired, after respond() or
+  // when the stream ended. Bytes of a pipelined next request are not a disconnect; a client
+  // that half-closes its side after sending the request counts as gone (as in most servers).
+  virtual void on_disconnect(std::function<void()> callback) = 0;
 };
 
 using Handler = std::function<void(const HttpRequest&, std::shared_ptr<Responder>)>;

@@ -14,9 +14,13 @@
 //
 // Streams: stream() sends 200 with text/event-stream, Cache-Control: no-cache and
 // X-Accel-Buffering: no, then chunked transfer encoding (HTTP/1.0 clients: raw bytes and close).
-// While a stream is open a read stays pending on the socket, so a peer that goes away is noticed
-// at once (not only at the next write) and on_disconnect fires; bytes a client pipelines meanwhile
-// are kept for its next request.
+//
+// Disconnects: from the moment a request is handed to the handler until its answer is sent
+// (a whole response or a stream) a read stays pending on the socket, so a peer that goes away
+// (EOF or reset) is noticed at once, not only at the next write, and the request's
+// on_disconnect callbacks fire (Responder's and StreamWriter's: one registration per request,
+// kept across stream()). Bytes a client pipelines meanwhile are not a disconnect: they are kept
+// (up to 64 KiB) for its next request.
 //
 // Timeouts: an idle keep-alive connection (or one trickling its request line and headers) is
 // closed after keep_alive_timeout_s; a body must arrive within request_timeout_s; a write that
@@ -69,8 +73,9 @@ class HttpServer {
   void stop_accepting();
   // Graceful stop: stops accepting, closes idle connections, lets responses and streams in
   // flight finish (connections close after their current response) for up to
-  // options.stop_timeout_s, then closes whatever is left (streams see on_disconnect) and joins
-  // the I/O threads. Idempotent. Writes that arrive afterwards are dropped.
+  // options.stop_timeout_s, then closes whatever is left (requests still being handled and
+  // streams see on_disconnect) and joins the I/O threads. Idempotent. Writes that arrive
+  // afterwards are dropped.
   void stop();
 
   // Connections open now (for tests and logs).

@@ -93,41 +93,71 @@ void append_headers(std::string& head,
   }
 }
 
-// What a StreamWriter shares with its session: the disconnect callback and the flags that
-// decide whether it fires. Guarded by `mu` because the writer's methods run on any thread.
-struct StreamState {
+// What the handles of one request (its Responder and, once streaming, its StreamWriter) share
+// with the session: the disconnect callbacks and the flags that decide whether they fire.
+// Guarded by `mu` because the handles' methods run on any thread.
+struct ExchangeState {
   std::mutex mu;
-  std::function<void()> on_disconnect;
-  bool finish_called = false;
-  bool gone = false;  // the connection closed before the stream ended
-  bool ended = false; // every byte sent; the callback can no longer fire
+  std::vector<std::function<void()>> on_disconnect;
+  bool answered = false;  // respond() or the stream's finish() was called: no callback fires
+  bool gone = false;      // the connection closed before the response was complete
+  bool ended = false;     // the response was handed over completely; no callback can fire
   std::atomic<bool> closed{false};
 
-  // The connection is gone (on the session's strand). Fires the callback unless finished.
+  // Registers a callback (any thread); runs it at once if the peer is already gone.
+  void add(std::function<void()> callback) {
+    if (!callback) return;
+    std::unique_lock lock(mu);
+    if (answered || ended) return;
+    if (gone) {
+      lock.unlock();
+      run(callback);
+      return;
+    }
+    on_disconnect.push_back(std::move(callback));
+  }
+  // respond() / finish() was called: the callbacks can no longer fire. They are dropped at
+  // once (they may hold the responder or the writer: a cycle).
+  // False when it was answered already.
+  bool answer() {
+    std::vector<std::function<void()>> dropped;  // destroyed after the lock is released
+    std::lock_guard lock(mu);
+    if (answered) return false;
+    answered = true;
+    dropped.swap(on_disconnect);
+    return true;
+  }
+  // The connection is gone (on the session's strand). Fires the callbacks unless answered.
   void peer_gone() {
-    std::function<void()> callback;
+    std::vector<std::function<void()>> callbacks;
     {
       std::lock_guard lock(mu);
       closed = true;
       if (gone || ended) return;
       gone = true;
-      if (!finish_called) callback = std::move(on_disconnect);
-      on_disconnect = nullptr;
+      callbacks.swap(on_disconnect);
+      if (answered) callbacks.clear();
     }
-    if (!callback) return;
-    try {
-      callback();
-    } catch (const std::exception& e) {
-      spdlog::error("http: on_disconnect callback threw: {}", e.what());
-    }
+    for (auto& callback : callbacks) run(callback);
   }
-  // The stream was sent completely. Drops the callback (it may hold the writer: a cycle).
+  // The response was sent completely (or handed to the socket). Drops the callbacks.
   void end() {
-    std::function<void()> dropped;  // destroyed after the lock is released
+    std::vector<std::function<void()>> dropped;
     std::lock_guard lock(mu);
     closed = true;
     ended = true;
     dropped.swap(on_disconnect);
+  }
+
+ private:
+  static void run(const std::function<void()>& callback) {
+    try {
+      callback();
+    } catch (const std::exception& e) {
+      spdlog::error("http: on_disconnect callback threw: {}", e.what());
+    } catch (...) {
+      spdlog::error("http: on_disconnect callback threw");
+    }
   }
 };
 
@@ -174,7 +204,7 @@ class Session : public std::enable_shared_from_this<Session> {
       self->respond(seq, std::move(r));
     });
   }
-  void post_stream(uint64_t seq, std::shared_ptr<StreamState> state,
+  void post_stream(uint64_t seq, std::shared_ptr<ExchangeState> state,
                    std::vector<std::pair<std::string, std::string>> headers) {
     const bool posted = core_->post_from_any_thread(
         executor_, [self = shared_from_this(), seq, state, h = std::move(headers)]() mutable {
@@ -336,7 +366,8 @@ class Session : public std::enable_shared_from_this<Session> {
     request.remote = remote_;
 
     const uint64_t seq = ++seq_;
-    auto responder = std::make_shared<ResponderImpl>(shared_from_this(), seq);
+    exchange_ = std::make_shared<ExchangeState>();
+    auto responder = std::make_shared<ResponderImpl>(shared_from_this(), seq, exchange_);
     try {
       core_->handler(request, responder);
     } catch (const std::exception& e) {
@@ -347,6 +378,11 @@ class Session : public std::enable_shared_from_this<Session> {
       spdlog::error("http {} {} {}: handler threw", remote_, request.method, request.path);
       if (responder->claim()) respond(seq, internal_error("unknown error"));
     }
+    // While the answer is being worked on, keep a read pending so that a peer that goes away
+    // is noticed at once (on_disconnect); bytes it pipelines meanwhile are kept in buffer_.
+    // (Answers always come through a post, so the phase is still Handling here unless the
+    // handler threw.)
+    if (phase_ == Phase::Handling && !watch_pending_) watch();
   }
 
   // ---- whole responses ----
@@ -363,6 +399,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void respond(uint64_t seq, HttpResponse response) {
     if (seq != seq_ || phase_ != Phase::Handling) return;  // stale, or the connection closed
+    if (exchange_) {  // answered: no disconnect callback may fire any more
+      exchange_->end();
+      exchange_.reset();
+    }
     const bool close_after = closing_after_response();
     const bool bodyless = response.status < 200 || response.status == 204 || response.status == 304;
     std::string head = status_line(response.status);
@@ -391,9 +431,28 @@ class Session : public std::enable_shared_from_this<Session> {
                         if (self->phase_ == Phase::Closed) return;
                         self->out_.clear();
                         if (ec) return self->close();
-                        if (close_after) return self->linger();
-                        self->read_header();
+                        self->after_response(close_after);
                       });
+  }
+
+  // A response (whole or streamed) was sent: linger and close, or read the next request. A
+  // watch still pending owns buffer_ until it completes, so it is cancelled first.
+  void after_response(bool close_after) {
+    disarm_timer();
+    if (close_after) {
+      // The watch completes with operation_aborted (ignored: we are lingering); the linger's
+      // own read starts after the cancel, so it is not affected.
+      if (watch_pending_) socket_.cancel();
+      return linger();
+    }
+    if (watch_pending_) {
+      // Read the next request once the watch completed (on_watch).
+      resume_after_watch_ = true;
+      phase_ = Phase::ReadingHeader;  // for drain(): nothing is in flight on this connection
+      socket_.cancel();
+      return;
+    }
+    read_header();
   }
 
   // A response the transport makes itself (errors), then close. Also used before any request
@@ -430,13 +489,12 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // ---- streams ----
-  void start_stream(uint64_t seq, std::shared_ptr<StreamState> state,
+  void start_stream(uint64_t seq, std::shared_ptr<ExchangeState> state,
                     std::vector<std::pair<std::string, std::string>> headers) {
-    if (seq != seq_ || phase_ != Phase::Handling) {
+    if (seq != seq_ || phase_ != Phase::Handling || state != exchange_) {
       state->peer_gone();
       return;
     }
-    stream_ = std::move(state);
     phase_ = Phase::Streaming;
     finish_requested_ = false;
     chunked_ = version_ >= 11;
@@ -448,7 +506,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (closing_after_response()) head += "Connection: close\r\n";
     head += "\r\n";
     queue_.push_back(std::move(head));
-    watch();
+    if (!watch_pending_) watch();  // normally still pending from handle_request()
     flush();
   }
 
@@ -502,26 +560,17 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void end_stream() {
-    stream_->end();
-    stream_.reset();
-    if (closing_after_response()) {
-      if (watch_pending_) {
-        socket_.cancel();  // the watch completes with operation_aborted (ignored; we are lingering)
-      }
-      return linger();
+    if (exchange_) {
+      exchange_->end();
+      exchange_.reset();
     }
-    if (watch_pending_) {
-      // The watch owns buffer_ until it completes; read the next request then.
-      resume_after_watch_ = true;
-      phase_ = Phase::ReadingHeader;  // for drain(): nothing is in flight on this connection
-      socket_.cancel();
-      return;
-    }
-    read_header();
+    after_response(closing_after_response());
   }
 
-  // A read kept pending while streaming: the client sends nothing then, so its completion
-  // means the peer closed (or reset). Bytes that do arrive (a pipelined request) are kept.
+  // A read kept pending from the moment a request is handed to the handler until its answer
+  // was sent (whole or streamed): the client has nothing to send then, so an error or EOF means
+  // the peer closed (or reset). Bytes that do arrive (a pipelined request) are kept in buffer_
+  // for the next request's parse.
   void watch() {
     static constexpr size_t kMaxPipelined = 64 * 1024;
     if (buffer_.size() >= kMaxPipelined) return;  // stop reading; write errors still tell
@@ -543,7 +592,11 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
-      spdlog::debug("http {}: peer went away during a stream ({})", remote_, ec.message());
+      // A whole response is already on its way (no callback can fire): let its write finish;
+      // the next read (or the write) tells what became of the peer.
+      if (phase_ == Phase::Responding) return;
+      spdlog::debug("http {}: peer went away while its request was {} ({})", remote_,
+                    phase_ == Phase::Streaming ? "streamed" : "handled", ec.message());
       return close();
     }
     watch();
@@ -559,9 +612,9 @@ class Session : public std::enable_shared_from_this<Session> {
     socket_.close(ec);
     queue_.clear();
     core_->session_closed();
-    if (stream_) {
-      auto stream = std::move(stream_);
-      stream->peer_gone();
+    if (exchange_) {  // a request being handled or streamed: its disconnect callbacks fire
+      auto exchange = std::move(exchange_);
+      exchange->peer_gone();
     }
   }
 
@@ -569,7 +622,7 @@ class Session : public std::enable_shared_from_this<Session> {
   class StreamWriterImpl final : public StreamWriter {
    public:
     StreamWriterImpl(std::shared_ptr<Session> session, uint64_t seq,
-                     std::shared_ptr<StreamState> state)
+                     std::shared_ptr<ExchangeState> state)
         : session_(std::move(session)), seq_(seq), state_(std::move(state)) {}
     void write(std::string chunk) override {
       // Writes after finish() are dropped on the strand (they are queued behind it).
@@ -577,50 +630,46 @@ class Session : public std::enable_shared_from_this<Session> {
       session_->post_write(seq_, std::move(chunk));
     }
     void finish() override {
-      std::function<void()> dropped;  // never called after finish(); destroyed unlocked
-      {
-        std::lock_guard lock(state_->mu);
-        if (state_->finish_called) return;
-        state_->finish_called = true;
-        dropped.swap(state_->on_disconnect);
-      }
+      // Never calls back after finish(): the callbacks are dropped (unlocked) here.
+      if (!state_->answer()) return;
       session_->post_finish(seq_);
     }
     bool closed() const override { return state_->closed.load(); }
     void on_disconnect(std::function<void()> callback) override {
-      std::unique_lock lock(state_->mu);
-      if (state_->finish_called || state_->ended) return;
-      if (state_->gone) {
-        lock.unlock();
-        callback();
-        return;
-      }
-      state_->on_disconnect = std::move(callback);
+      state_->add(std::move(callback));
     }
 
    private:
     std::shared_ptr<Session> session_;
     uint64_t seq_;
-    std::shared_ptr<StreamState> state_;
+    std::shared_ptr<ExchangeState> state_;
   };
 
   class ResponderImpl final : public Responder {
    public:
-    ResponderImpl(std::shared_ptr<Session> session, uint64_t seq)
-        : session_(std::move(session)), seq_(seq) {}
+    ResponderImpl(std::shared_ptr<Session> session, uint64_t seq,
+                  std::shared_ptr<ExchangeState> state)
+        : session_(std::move(session)), seq_(seq), state_(std::move(state)) {}
     ~ResponderImpl() override {
-      if (claim()) session_->post_respond(seq_, internal_error("the handler did not answer"));
+      if (claim()) {
+        state_->answer();
+        session_->post_respond(seq_, internal_error("the handler did not answer"));
+      }
     }
     void respond(HttpResponse response) override {
       if (!claim()) throw std::logic_error("Responder: respond/stream called twice");
+      state_->answer();  // from here on no disconnect callback fires
       session_->post_respond(seq_, std::move(response));
     }
     std::shared_ptr<StreamWriter> stream(
         std::vector<std::pair<std::string, std::string>> headers) override {
       if (!claim()) throw std::logic_error("Responder: respond/stream called twice");
-      auto state = std::make_shared<StreamState>();
-      session_->post_stream(seq_, state, std::move(headers));
-      return std::make_shared<StreamWriterImpl>(session_, seq_, std::move(state));
+      // The writer shares this request's state: callbacks set here keep watching the stream.
+      session_->post_stream(seq_, state_, std::move(headers));
+      return std::make_shared<StreamWriterImpl>(session_, seq_, state_);
+    }
+    void on_disconnect(std::function<void()> callback) override {
+      state_->add(std::move(callback));
     }
     // True for the first caller: it answers.
     bool claim() { return !used_.exchange(true); }
@@ -628,6 +677,7 @@ class Session : public std::enable_shared_from_this<Session> {
    private:
     std::shared_ptr<Session> session_;
     uint64_t seq_;
+    std::shared_ptr<ExchangeState> state_;
     std::atomic<bool> used_{false};
   };
 
@@ -654,7 +704,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool write_pending_ = false;
   std::vector<char> linger_buffer_;
 
-  std::shared_ptr<StreamState> stream_;
+  std::shared_ptr<ExchangeState> exchange_;  // the request being handled or streamed
   bool chunked_ = true;
   bool finish_requested_ = false;
   bool watch_pending_ = false;

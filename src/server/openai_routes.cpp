@@ -47,9 +47,7 @@ int64_t unix_seconds() {
 
 void parse_common(const json& body, const ApiOptions& options, OpenAiRequest& r) {
   r.model = string_field(body, "model").value_or("");
-  // "tgi" is the placeholder TGI documents and its clients (huggingface_hub, text_generation)
-  // send when talking to a server of one model: the base model, as TGI serves it.
-  if (r.model.empty() || r.model == "tgi") r.model = options.served_model_name;
+  if (is_model_placeholder(r.model)) r.model = options.served_model_name;
   r.stream = bool_field(body, "stream").value_or(false);
   if (const json* so = object_field(body, "stream_options")) {
     r.include_usage = bool_field(*so, "include_usage").value_or(false);
@@ -369,6 +367,9 @@ void launch_openai(Engine& engine, Metrics& metrics, const std::shared_ptr<OpenA
       }
     };
     auto gen = std::make_shared<Generation>(metrics, std::move(*slot), received, std::move(hooks));
+    // A client that goes away cancels the run (and frees its slot and KV blocks); nothing is
+    // answered then. At once if it is gone already.
+    responder->on_disconnect(gen->canceller());
     try {
       gen->start(engine, std::move(requests));
     } catch (const Error& e) {
@@ -403,9 +404,7 @@ void launch_openai(Engine& engine, Metrics& metrics, const std::shared_ptr<OpenA
     writer->finish();
   };
   auto gen = std::make_shared<Generation>(metrics, std::move(*slot), received, std::move(hooks));
-  writer->on_disconnect([weak = std::weak_ptr<Generation>(gen)] {
-    if (auto g = weak.lock()) g->cancel();
-  });
+  writer->on_disconnect(gen->canceller());
   if (launch.stream_start) launch.stream_start(*writer);
   try {
     gen->start(engine, std::move(requests));

@@ -1,5 +1,5 @@
 """Concurrent requests with different adapters get exactly the output they get alone; client
-disconnects free every KV block; 1000 concurrent streaming clients all get complete streams."""
+disconnects (streaming or not) free every KV block; 1000 concurrent streaming clients all get complete streams."""
 from __future__ import annotations
 
 import asyncio
@@ -154,6 +154,62 @@ def test_aiohttp_streams_dropped_midway(nocache_server):
     seen = asyncio.run(main())
     assert all(x >= 1 for x in seen)
     wait_until(lambda: _idle(s), 30, 0.25, "all KV blocks free after aiohttp disconnects")
+
+
+def test_non_streaming_disconnects_cancel(nocache_server):
+    """Clients of whole (non-streaming) answers that go away are noticed while their request
+    runs: the generation is cancelled, its KV blocks and batch slot are freed at once (not after
+    300 tokens), and each counts as tgi_request_failure{err="cancelled"}."""
+    s = nocache_server
+    wait_until(lambda: _idle(s), 30, 0.25, "idle before the test")
+    m0 = s.metrics()
+    cancelled0 = m0.value("tgi_request_failure", 0, err="cancelled")
+    received0 = m0.value("tgi_request_count", 0)
+    socks = []
+    n = 12
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            path, body = "/generate", {"inputs": f"{i}, {i + 1}, {i + 2},", "parameters": {
+                "max_new_tokens": 300, "ignore_eos_token": True, "adapter_id": ADAPTERS[i % 3]}}
+        elif kind == 1:
+            path, body = "/", {"inputs": f"Story number {i}:", "parameters": {
+                "max_new_tokens": 300, "ignore_eos_token": True}}
+        elif kind == 2:
+            path, body = "/v1/completions", {"model": ADAPTERS[i % 3], "prompt": f"{i}, {i + 1},",
+                                             "max_tokens": 300, "ignore_eos": True}
+        else:
+            path, body = "/v1/chat/completions", {
+                "model": ADAPTERS[i % 3], "max_tokens": 300, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"Count from {i} to 1000."}]}
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        c.sendall(_request_bytes(path, body, s.port))
+        socks.append(c)
+    # every request admitted and the batch running
+    wait_until(lambda: s.metrics().value("tgi_request_count", 0) >= received0 + n, 10, 0.05,
+               "all requests received")
+    wait_until(lambda: s.metrics().value("tgi_batch_current_size", 0) > 0, 30, 0.05,
+               "a running batch")
+    t0 = time.time()
+    for i, c in enumerate(socks):
+        c.setblocking(False)
+        try:
+            assert c.recv(1) == b"", "answered before the disconnect"
+        except BlockingIOError:
+            pass  # nothing answered yet, as expected
+        if i % 2:  # abortive close (RST) for half of them
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    # 12 requests of 300 tokens take far longer than this on 2 cores: idle this soon means the
+    # disconnected requests were cancelled and every block came back.
+    wait_until(lambda: _idle(s), 5, 0.1, "all KV blocks free and the batch empty")
+    print(f"non-streaming disconnects drained in {time.time() - t0:.2f}s")
+    m1 = wait_until(lambda: (lambda m: m if m.value("tgi_request_failure", 0, err="cancelled")
+                             >= cancelled0 + n else None)(s.metrics()), 5, 0.1, "cancellations counted")
+    assert m1.value("tgi_request_failure", 0, err="cancelled") == cancelled0 + n
+    # the slots came back: the server still answers
+    r = s.generate("The history of the Roman Empire", max_new_tokens=4, details=True)
+    assert r["details"]["generated_tokens"] == 4
 
 
 # --- load: 1000 concurrent streaming clients ------------------------------------------------

@@ -186,8 +186,9 @@ def test_hf_text_generation_adapter(hf, demo):
 
 
 def test_hf_chat_completion(hf, demo):
-    # With base_url and no model, huggingface_hub sends model="dummy" (an unknown adapter for
-    # MIL: 404 by SERVING.md), so name the model.
+    # With base_url and no model, huggingface_hub sends its placeholder model="dummy": the base.
+    r = hf.chat_completion(messages=[{"role": "user", "content": Q0}], max_tokens=16, temperature=0)
+    assert r.choices[0].message.content == demo["base"][0]
     r = hf.chat_completion(messages=[{"role": "user", "content": Q0}], max_tokens=16, model=SERVED_NAME,
                            temperature=0)
     assert r.choices[0].message.content == demo["base"][0]

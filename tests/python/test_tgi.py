@@ -258,3 +258,10 @@ def test_served_model_name(server):
     assert r.status_code == 200
     ids = [m["id"] for m in r.json()["data"]]
     assert ids[0] == SERVED_NAME
+
+
+def test_client_chat_placeholder_model_is_base(tgi, demo):
+    # text_generation's Client.chat sends model="tgi", TGI's placeholder: the base model.
+    from text_generation.types import Message
+    r = tgi.chat(messages=[Message(role="user", content=Q0)], max_tokens=16, temperature=0)
+    assert r.choices[0].message.content == demo["base"][0]

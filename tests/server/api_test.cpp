@@ -83,6 +83,7 @@ class FakeEngine : public Engine {
       throw Error("refused");
     }
     if (!refuse.empty()) throw Error(refuse);
+    if (!explode.empty()) throw std::logic_error(explode);
     auto handle = std::make_shared<FakeHandle>(submitted.size());
     submitted.push_back({std::move(request), std::move(sink), handle});
     return handle;
@@ -139,6 +140,7 @@ class FakeEngine : public Engine {
   std::vector<Submitted> submitted;
   std::map<size_t, int32_t> indices;
   std::string refuse;  // submit throws this when set
+  std::string explode;  // submit throws this as a std::logic_error (not a mil::Error) when set
   size_t fail_previous_then_refuse_at = SIZE_MAX;  // the submission that does so; see submit
   EngineStats engine_stats;
   StepObserver observer;
@@ -199,6 +201,7 @@ class FakeResponder : public Responder {
     EXPECT_FALSE(answered) << "answered twice";
     response = std::move(r);
     answered = true;
+    disconnect = nullptr;  // as the transport: never called back after respond()
   }
   std::shared_ptr<StreamWriter> stream(
       std::vector<std::pair<std::string, std::string>> headers) override {
@@ -208,6 +211,19 @@ class FakeResponder : public Responder {
     stream_headers = std::move(headers);
     writer = std::make_shared<FakeStream>();
     return writer;
+  }
+  void on_disconnect(std::function<void()> callback) override {
+    const std::lock_guard lock(mu);
+    disconnect = std::move(callback);
+  }
+  // The client goes away before the answer (what the transport reports).
+  void drop() {
+    std::function<void()> callback;
+    {
+      const std::lock_guard lock(mu);
+      callback = std::move(disconnect);
+    }
+    if (callback) callback();
   }
   bool done() {
     const std::lock_guard lock(mu);
@@ -220,6 +236,7 @@ class FakeResponder : public Responder {
   std::optional<HttpResponse> response;
   std::vector<std::pair<std::string, std::string>> stream_headers;
   std::shared_ptr<FakeStream> writer;
+  std::function<void()> disconnect;
 };
 
 // ---- fixture ----
@@ -728,6 +745,119 @@ TEST_F(ApiTest, OverloadIs429AndSlotsComeBack) {
   engine_.finish(1, 1, "y", FinishReason::Length);
   expect_error("/generate", R"({"inputs": ""})", 422, "validation", "empty");
   EXPECT_EQ(api_->in_flight(), 0);
+}
+
+TEST_F(ApiTest, NonStreamingDisconnectCancelsAndFreesTheSlot) {
+  ApiOptions options;
+  options.max_concurrent_requests = 1;
+  make_api(options);
+  const std::string body = R"({"inputs": "x", "parameters": {"max_new_tokens": 50}})";
+  for (const std::string path : {"/generate", "/"}) {
+    auto r = call("POST", path, body);
+    ASSERT_EQ(engine_.count(), 1u) << path;
+    engine_.token(0, 11, "a");
+    EXPECT_EQ(api_->in_flight(), 1);
+    EXPECT_EQ(call("POST", path, body)->response->status, 429);  // the slot is taken
+    r->drop();                                                    // the client goes away
+    EXPECT_TRUE(engine_.at(0).handle->cancelled) << path;
+    EXPECT_EQ(api_->in_flight(), 0) << path;
+    engine_.token(0, 12, "b");  // late events change nothing
+    engine_.finish(0, 13, "c", FinishReason::Length);
+    EXPECT_FALSE(r->done()) << path;  // nothing is answered after the disconnect
+    // The slot came back: a new request is admitted.
+    auto next = call("POST", path, body);
+    ASSERT_EQ(engine_.count(), 2u) << path;
+    engine_.finish(1, 1, "y", FinishReason::Length);
+    ASSERT_TRUE(next->done());
+    EXPECT_EQ(next->response->status, 200);
+    EXPECT_EQ(api_->in_flight(), 0);
+    engine_.submitted.clear();
+    engine_.indices.clear();
+  }
+
+  // OpenAI, several prompts: every engine request is cancelled.
+  auto c = post("/v1/completions", {{"prompt", {"a", "b"}}, {"max_tokens", 20}});
+  ASSERT_EQ(engine_.count(), 2u);
+  c->drop();
+  EXPECT_TRUE(engine_.at(0).handle->cancelled);
+  EXPECT_TRUE(engine_.at(1).handle->cancelled);
+  EXPECT_EQ(api_->in_flight(), 0);
+  engine_.finish(0, 1, "y", FinishReason::Length);
+  EXPECT_FALSE(c->done());
+  auto chat = post("/v1/chat/completions",
+                   {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 20}});
+  ASSERT_EQ(engine_.count(), 3u);
+  chat->drop();
+  EXPECT_TRUE(engine_.at(2).handle->cancelled);
+  EXPECT_EQ(api_->in_flight(), 0);
+  EXPECT_FALSE(chat->done());
+  // Dropped after the answer: nothing happens (the transport does not call back then either).
+  auto done = post("/v1/completions", {{"prompt", "a"}, {"max_tokens", 1}});
+  engine_.finish(3, 1, "y", FinishReason::Length);
+  ASSERT_TRUE(done->done());
+  done->drop();
+  EXPECT_EQ(api_->in_flight(), 0);
+
+  const std::string metrics = metrics_.render();
+  EXPECT_NE(metrics.find("tgi_request_failure{err=\"cancelled\"} 4"), std::string::npos)
+      << metrics;
+}
+
+TEST_F(ApiTest, DisconnectBeforeSubmissionSubmitsNothingThatRuns) {
+  // The client is already gone when the route registers its callback (the transport calls it
+  // at once): the run ends before or right after submission and nothing is answered.
+  class GoneResponder : public FakeResponder {
+   public:
+    void on_disconnect(std::function<void()> callback) override { callback(); }
+  };
+  make_api();
+  HttpRequest request;
+  request.method = "POST";
+  request.path = "/generate";
+  request.body = R"({"inputs": "x", "parameters": {"max_new_tokens": 5}})";
+  auto responder = std::make_shared<GoneResponder>();
+  api_->handle(request, responder);
+  EXPECT_FALSE(responder->done());
+  EXPECT_EQ(engine_.count(), 0u);
+  EXPECT_EQ(api_->in_flight(), 0);
+}
+
+TEST_F(ApiTest, UnexpectedExceptionsAreAnsweredOnceAndNeverEscape) {
+  make_api();
+  engine_.explode = "boom";
+  // Before anything was answered: a 500.
+  auto r = post("/generate", {{"inputs", "x"}, {"parameters", {{"max_new_tokens", 2}}}});
+  ASSERT_TRUE(r->done());
+  EXPECT_EQ(r->response->status, 500);
+  EXPECT_EQ(r->body()["error_type"], "internal");
+  EXPECT_EQ(api_->in_flight(), 0);
+  // After the stream opened: an error event ends it (no second answer, nothing thrown).
+  auto s = post("/generate_stream", {{"inputs", "x"}, {"parameters", {{"max_new_tokens", 2}}}});
+  ASSERT_TRUE(s->writer);
+  EXPECT_TRUE(s->writer->finished);
+  const auto events = s->writer->events();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(json::parse(events[0])["error_type"], "internal");
+  auto o = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                         {"max_tokens", 2},
+                                         {"stream", true}});
+  ASSERT_TRUE(o->writer);
+  EXPECT_TRUE(o->writer->finished);
+  const auto chat_events = o->writer->events();
+  ASSERT_FALSE(chat_events.empty());
+  EXPECT_EQ(json::parse(chat_events.back())["error"]["type"], "internal");
+  EXPECT_EQ(api_->in_flight(), 0);
+  // On the blocking pool (an adapter to resolve first): also answered, the process lives on.
+  auto a = post("/generate",
+                {{"inputs", "x"},
+                 {"parameters",
+                  {{"max_new_tokens", 2}, {"adapter_id", "a_r4_qv"}, {"adapter_source", "local"}}}});
+  ASSERT_TRUE(eventually([&] { return a->done(); }));
+  EXPECT_EQ(a->response->status, 500);
+  EXPECT_TRUE(eventually([&] { return api_->in_flight() == 0; }));
+  const std::string metrics = metrics_.render();
+  EXPECT_NE(metrics.find("tgi_request_failure{err=\"internal\"} 4"), std::string::npos)
+      << metrics;
 }
 
 TEST_F(ApiTest, DrainingRefusesNewWork) {

@@ -420,6 +420,157 @@ TEST(HttpServer, OnDisconnectSetAfterDisconnectRunsAtOnce) {
   EXPECT_TRUE(called);
 }
 
+// A handler that keeps the Responder (as a route waiting for the engine does) and counts
+// disconnects of the requests to /hold; other paths are echoed.
+struct HoldingHandler {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::shared_ptr<Responder>> held;
+  std::atomic<int> disconnects{0};
+
+  Handler handler() {
+    return [this](const HttpRequest& req, std::shared_ptr<Responder> r) {
+      if (req.path != "/hold") return echo_handler(req, std::move(r));
+      r->on_disconnect([this] {
+        ++disconnects;
+        cv.notify_all();
+      });
+      std::lock_guard lock(mu);
+      held.push_back(std::move(r));
+      cv.notify_all();
+    };
+  }
+  std::shared_ptr<Responder> wait_held(size_t n) {
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, 2s, [&] { return held.size() >= n; })) return nullptr;
+    return held[n - 1];
+  }
+  bool wait_disconnects(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return disconnects.load() >= n; });
+  }
+};
+
+TEST(HttpServer, DisconnectWhileHandlingFiresResponderCallback) {
+  HoldingHandler h;
+  HttpServer server(test_options(), h.handler());
+  server.start();
+  for (const bool reset : {false, true}) {
+    const int before = h.disconnects.load();
+    const size_t held = reset ? 2 : 1;
+    auto client = std::make_unique<Client>(server.port());
+    client->send(post("/hold", R"({"inputs":"x"})"));
+    auto responder = h.wait_held(held);
+    ASSERT_TRUE(responder);
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(h.disconnects.load(), before);  // still connected
+    const auto t0 = Clock::now();
+    if (reset) client->socket().set_option(asio::socket_base::linger(true, 0));  // RST
+    client.reset();
+    ASSERT_TRUE(h.wait_disconnects(before + 1, 2000ms)) << "reset " << reset;
+    EXPECT_LT(Clock::now() - t0, 1s);
+    // A late answer is dropped; a callback set now runs at once; nothing fires twice.
+    bool late = false;
+    responder->on_disconnect([&] { late = true; });
+    EXPECT_TRUE(late);
+    responder->respond({200, "text/plain", {}, "too late"});
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(h.disconnects.load(), before + 1);
+  }
+  const auto deadline = Clock::now() + 2s;
+  while (server.open_connections() != 0 && Clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(server.open_connections(), 0);
+}
+
+TEST(HttpServer, NoDisconnectCallbackAfterRespond) {
+  HoldingHandler h;
+  HttpServer server(test_options(), h.handler());
+  server.start();
+  auto client = std::make_unique<Client>(server.port());
+  client->send(get("/hold"));
+  auto responder = h.wait_held(1);
+  ASSERT_TRUE(responder);
+  responder->respond({200, "text/plain", {}, "answer"});
+  EXPECT_EQ(client->read().body(), "answer");
+  client.reset();
+  std::this_thread::sleep_for(100ms);
+  bool late = false;
+  responder->on_disconnect([&] { late = true; });
+  EXPECT_FALSE(late);
+  EXPECT_EQ(h.disconnects.load(), 0);
+}
+
+TEST(HttpServer, PipelinedRequestWhileHandlingIsNotADisconnect) {
+  HoldingHandler h;
+  HttpServer server(test_options(), h.handler());
+  server.start();
+  Client client(server.port());
+  client.send(post("/hold", "first body"));
+  auto responder = h.wait_held(1);
+  ASSERT_TRUE(responder);
+  // The next requests arrive (in pieces) while the first is being handled.
+  const std::string next = post("/second", "second body") + get("/third");
+  client.send(next.substr(0, 20));
+  std::this_thread::sleep_for(30ms);
+  client.send(next.substr(20));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(h.disconnects.load(), 0);
+  responder->respond({200, "text/plain", {}, "first answer"});
+  EXPECT_EQ(client.read().body(), "first answer");
+  auto second = nlohmann::json::parse(client.read().body());
+  EXPECT_EQ(second["path"], "/second");
+  EXPECT_EQ(second["body"], "second body");
+  EXPECT_EQ(nlohmann::json::parse(client.read().body())["path"], "/third");
+  // The connection still works, and a later held request still sees its disconnect.
+  EXPECT_EQ(nlohmann::json::parse(client.request(get("/fourth")).body())["path"], "/fourth");
+  EXPECT_EQ(h.disconnects.load(), 0);
+  client.send(get("/hold"));
+  ASSERT_TRUE(h.wait_held(2));
+  client.socket().close();
+  EXPECT_TRUE(h.wait_disconnects(1, 2000ms));
+}
+
+TEST(HttpServer, ResponderCallbackFiresForADisconnectDuringTheStream) {
+  // One registration on the Responder covers the whole exchange, stream included.
+  std::promise<std::shared_ptr<StreamWriter>> opened;
+  std::promise<void> disconnected;
+  std::atomic<int> callbacks{0};
+  HttpServer server(test_options(), [&](const HttpRequest&, std::shared_ptr<Responder> r) {
+    r->on_disconnect([&] {
+      if (++callbacks == 1) disconnected.set_value();
+    });
+    opened.set_value(r->stream());
+  });
+  server.start();
+  auto client = std::make_unique<Client>(server.port());
+  client->send(get("/stream"));
+  auto writer = opened.get_future().get();
+  writer->write("data:1\n\n");
+  http::response_parser<http::string_body> parser;
+  http::read_header(client->socket(), client->buffer(), parser);
+  EXPECT_EQ(parser.get().result_int(), 200);
+  client.reset();
+  ASSERT_EQ(disconnected.get_future().wait_for(2s), std::future_status::ready);
+  EXPECT_TRUE(writer->closed());
+  writer->finish();
+  EXPECT_EQ(callbacks.load(), 1);
+}
+
+TEST(HttpServer, StopFiresDisconnectForRequestsStillHandled) {
+  auto options = test_options();
+  options.stop_timeout_s = 0.2;
+  HoldingHandler h;
+  HttpServer server(options, h.handler());
+  server.start();
+  Client client(server.port());
+  client.send(get("/hold"));
+  auto responder = h.wait_held(1);
+  ASSERT_TRUE(responder);
+  server.stop();
+  EXPECT_EQ(h.disconnects.load(), 1);
+  responder->respond({200, "text/plain", {}, "late"});  // dropped, no crash
+}
+
 TEST(HttpServer, ThousandConcurrentStreamsOnTwoIoThreads) {
   constexpr int kClients = 1000;
   constexpr int kEvents = 20;
