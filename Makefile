@@ -6,7 +6,7 @@ MIL_CACHE ?= $(HOME)/.cache/mil
 MODEL ?= $(MIL_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 CMAKE_FLAGS ?=
 
-.PHONY: all setup deps venv model build test serve bench clean
+.PHONY: all setup deps venv model build build-cuda gpu-test test serve bench clean
 
 all: build
 
@@ -36,6 +36,15 @@ test: setup build
 serve: setup build
 	$(BUILD)/src/mil serve --model-id "$(MODEL)" \
 	  --lora-adapters caps=examples/adapters/smollm2-caps,pirate=examples/adapters/smollm2-pirate
+
+# The CUDA backend (sm_90a), compiled and linked; CI builds it, the GPU machine runs it.
+build-cuda: deps
+	cmake -S . -B build-cuda -G Ninja -DMIL_CUDA=ON $(CMAKE_FLAGS)
+	cmake --build build-cuda -j $(JOBS)
+
+# On the GPU machine: the CUDA op tests against the CPU backend, memcheck, quick timings.
+gpu-test:
+	scripts/gpu_test.sh
 
 bench: setup build
 	scripts/bench_cpu.sh "$(MODEL)"

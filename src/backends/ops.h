@@ -1,12 +1,17 @@
 // The op interface: everything the model does to tensors goes through here, so that
-// model/ is written once for every backend. Activations are f32 on the CPU backend;
-// weights stay in their storage dtype and are dequantized inside matmul/embedding.
-// Pointers in argument structs point to memory of the backend's device.
+// model/ is written once for every backend. Activations are activation_dtype() (f32 on the
+// CPU backend, bf16 on CUDA); weights stay in their storage dtype and are dequantized inside
+// matmul/embedding. Pointers in argument structs point to memory of the backend's device.
+// Memory of the backend's device comes from allocate(); upload/download move bytes between
+// it and host memory in the order of the backend's other work (asynchronously on CUDA: host
+// memory handed to upload must stay valid and unchanged, and downloaded bytes must not be
+// read, until synchronize()).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 
+#include "core/buffer.h"
 #include "core/tensor.h"
 
 namespace mil {
@@ -63,6 +68,26 @@ class Ops {
  public:
   virtual ~Ops() = default;
   virtual Device device() const = 0;
+  // The dtype of activations (hidden states, q/k/v, MLP) and of the KV cache.
+  virtual DType activation_dtype() const = 0;
+  virtual DType kv_dtype() const { return activation_dtype(); }
+
+  // Memory. allocate: an uninitialised contiguous tensor in the backend's memory.
+  // allocate_host: host memory that upload/download move fastest (pinned on CUDA).
+  virtual OwnedTensor allocate(DType dtype, int64_t rows, int64_t cols) = 0;
+  virtual OwnedTensor allocate_host(DType dtype, int64_t rows, int64_t cols) = 0;
+  // dst (backend memory, possibly strided) <- `src`, dst.rows packed rows of host memory.
+  virtual void upload(const void* src, const Tensor& dst) = 0;
+  // `dst`, src.rows packed rows of host memory <- src (backend memory, possibly strided).
+  virtual void download(const Tensor& src, void* dst) = 0;
+  // Waits for every op and copy issued so far.
+  virtual void synchronize() = 0;
+  // Free and total bytes of the backend's memory, where it can tell (false: it cannot).
+  virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) const {
+    (void)free_bytes;
+    (void)total_bytes;
+    return false;
+  }
 
   // y[n, w.rows] = x[n, w.cols] * w^T. x, y: f32. w: any storage dtype, possibly strided.
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& y) = 0;
@@ -89,6 +114,10 @@ class Ops {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   // out = a + b. out may alias a.
   virtual void add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // The residual step between blocks: residual += x, then out = rmsnorm(residual) (the
+  // updated residual, as stored, is what gets normalised). Same contract as add + rmsnorm.
+  virtual void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight,
+                           float eps, const Tensor& out) = 0;
   // Shrink: v[rows of each segment, 0:rank] = x[rows] · a[slot]^T, kept in f32. Rows of base
   // segments and of slots without this projection are left as they are. v: f32 [n, >= max rank].
   virtual void lora_shrink(const Tensor& x, const LoraProjection& proj, const LoraSegment* segments,

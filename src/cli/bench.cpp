@@ -47,11 +47,12 @@ void run_bench(const BenchOptions& o) {
     decode.push_back((o.new_tokens - 1) / r.decode_seconds);
   }
   std::printf(
-      "{\"engine\": \"mil\", \"model\": \"%s\", \"threads\": %d, \"matmul\": \"%s\", "
+      "{\"engine\": \"mil\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
+      "\"matmul\": \"%s\", "
       "\"adapter\": \"%s\", \"prompt_tokens\": %d, \"new_tokens\": %d, \"repeat\": %d, "
       "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f}\n",
-      o.model.model_id.c_str(), o.model.threads,
-      o.model.exact ? "exact" : o.model.int8 ? "int8" : "f32",
+      o.model.model_id.c_str(), m.device.c_str(), o.model.threads,
+      m.device == "cuda" ? "bf16" : o.model.exact ? "exact" : o.model.int8 ? "int8" : "f32",
       o.adapter.c_str(), o.prompt_tokens, o.new_tokens, o.repeat, median(prefill), median(decode));
 }
 

@@ -22,6 +22,7 @@ void add_serve_command(CLI::App& app);
 // Options every model-running command shares.
 struct ModelOptions {
   std::string model_id;
+  std::string device = "auto";  // cpu, cuda, or auto: cuda when built with it and a GPU is present
   int threads = 0;  // 0: all cores
   bool exact = false;
   bool int8 = false;
@@ -35,6 +36,7 @@ struct ModelOptions {
 
 // A loaded model with its backend, ready to run.
 struct LoadedModel {
+  std::string device;  // "cpu" or "cuda"
   std::unique_ptr<Ops> ops;
   std::unique_ptr<LlamaWeights> weights;
   std::unique_ptr<AdapterStore> adapters;  // null when no adapter was given (and no
@@ -42,6 +44,8 @@ struct LoadedModel {
   std::unique_ptr<LlamaModel> model;
 };
 LoadedModel load_model(const ModelOptions& options);
+// The backend `device` ("cpu", "cuda", "auto") resolves to: "cpu" or "cuda".
+std::string resolve_device(const std::string& device);
 
 std::vector<int32_t> parse_token_ids(const std::string& text);
 // "NAME=PATH" -> {NAME, PATH}.

@@ -2,6 +2,9 @@
 #include <thread>
 
 #include "backends/cpu/cpu_ops.h"
+#ifdef MIL_HAVE_CUDA
+#include "backends/cuda/cuda_ops.h"
+#endif
 #include "cli/commands.h"
 #include "core/error.h"
 #include "lora/adapter.h"
@@ -10,6 +13,10 @@ namespace mil::cli {
 
 void ModelOptions::add_to(CLI::App& cmd) {
   cmd.add_option("--model-id", model_id, "HF model directory or GGUF file")->required();
+  cmd.add_option("--device", device,
+                 "cpu, cuda, or auto (cuda when MIL is built with CUDA and a GPU is present)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd.add_flag("--exact", exact,
                "plain scalar reference kernels (slow; an accuracy yardstick)");
@@ -39,14 +46,40 @@ std::pair<std::string, std::string> split_adapter_spec(const std::string& spec) 
   return {spec.substr(0, eq), spec.substr(eq + 1)};
 }
 
+std::string resolve_device(const std::string& device) {
+  if (device == "cpu") return "cpu";
+#ifdef MIL_HAVE_CUDA
+  if (device == "cuda") {
+    MIL_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA GPU is present");
+    return "cuda";
+  }
+  return cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+  MIL_CHECK(device != "cuda", "--device cuda: this mil was built without CUDA (-DMIL_CUDA=ON)");
+  return "cpu";
+#endif
+}
+
 LoadedModel load_model(const ModelOptions& options) {
   LoadedModel m;
   const int threads = options.threads > 0
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  m.ops = options.exact  ? make_cpu_ops_exact(threads)
-          : options.int8 ? make_cpu_ops_int8(threads)
-                         : make_cpu_ops(threads);
+  // The CPU matmul paths (--exact, --int8) pick the CPU unless a device is named.
+  m.device = resolve_device((options.exact || options.int8) && options.device == "auto"
+                                ? "cpu"
+                                : options.device);
+#ifdef MIL_HAVE_CUDA
+  if (m.device == "cuda") {
+    MIL_CHECK(!options.exact && !options.int8, "--exact and --int8 are CPU matmul paths");
+    m.ops = make_cuda_ops(0);
+  }
+#endif
+  if (!m.ops) {
+    m.ops = options.exact  ? make_cpu_ops_exact(threads)
+            : options.int8 ? make_cpu_ops_int8(threads)
+                           : make_cpu_ops(threads);
+  }
   m.weights = std::make_unique<LlamaWeights>(open_weight_source(options.model_id), ShardSpec{});
   if (options.merge_adapter) {
     MIL_CHECK(options.lora_adapters.size() == 1, "--merge-adapter needs exactly one adapter");
@@ -56,11 +89,13 @@ LoadedModel load_model(const ModelOptions& options) {
     m.adapters = std::make_unique<AdapterStore>(
         m.weights->config(), ShardSpec{},
         AdapterStore::Limits{options.max_resident_adapters, size_t{8} << 30});
+    m.adapters->use_backend(*m.ops);
     for (const std::string& spec : options.lora_adapters) {
       const auto [name, path] = split_adapter_spec(spec);
       m.adapters->add(name, path);
     }
   }
+  m.weights->to_device(*m.ops);
   m.model = std::make_unique<LlamaModel>(*m.weights, *m.ops, options.max_tokens_per_step,
                                          m.adapters.get());
   return m;

@@ -45,7 +45,7 @@ struct ServeOptions {
   int32_t max_top_n_tokens = 5;
   int32_t max_client_batch_size = 4;
   int64_t payload_limit = 2000000;
-  int64_t kv_cache_memory_mib = 1024;
+  int64_t kv_cache_memory_mib = 0;  // 0: 1024 on the CPU, 90% of free GPU memory on CUDA
   int32_t block_size = 16;
   bool disable_prefix_caching = false;
   std::vector<std::string> lora_adapters;
@@ -55,6 +55,7 @@ struct ServeOptions {
   std::string api_key;
   int io_threads = 2;
   int threads = 0;
+  std::string device = "auto";
   double graceful_termination_timeout = 90;
 };
 
@@ -128,7 +129,7 @@ void check_flags(const ServeOptions& o) {
                 o.max_total_tokens, o.max_batch_total_tokens);
     }
   }
-  MIL_CHECK(o.kv_cache_memory_mib > 0, "--kv-cache-memory must be positive (MiB)");
+  MIL_CHECK(o.kv_cache_memory_mib >= 0, "--kv-cache-memory must be positive (MiB; 0: automatic)");
   MIL_CHECK(o.block_size > 0, "--block-size must be positive");
   MIL_CHECK(o.payload_limit > 0, "--payload-limit must be positive");
   MIL_CHECK(o.io_threads >= 1, "--io-threads must be at least 1");
@@ -206,6 +207,7 @@ void run_serve(ServeOptions o) {
   ModelOptions mo;
   mo.model_id = o.model_id;
   mo.threads = o.threads;
+  mo.device = o.device;
   mo.max_tokens_per_step = o.max_batch_prefill_tokens;
   mo.lora_adapters = o.lora_adapters;
   mo.max_resident_adapters = o.max_resident_adapters;
@@ -226,10 +228,22 @@ void run_serve(ServeOptions o) {
   EngineOptions eo;
   eo.block_size = o.block_size;
   eo.kv_memory_bytes = o.kv_cache_memory_mib << 20;
+  if (o.kv_cache_memory_mib == 0) {
+    // Automatic: what the backend's memory holds after the weights and activations (90% of
+    // the free memory, less room for the workspaces that grow at the first steps), else 1 GiB.
+    size_t free_bytes = 0, total_bytes = 0;
+    if (m.ops->memory_info(&free_bytes, &total_bytes)) {
+      const int64_t workspaces = int64_t{1} << 30;
+      eo.kv_memory_bytes = std::max<int64_t>(
+          static_cast<int64_t>(static_cast<double>(free_bytes) * 0.9) - workspaces, int64_t{64} << 20);
+    } else {
+      eo.kv_memory_bytes = int64_t{1024} << 20;
+    }
+  }
   eo.max_batch_prefill_tokens = o.max_batch_prefill_tokens;
   eo.max_batch_total_tokens = o.max_batch_total_tokens;
   eo.prefix_caching = !o.disable_prefix_caching;
-  spdlog::info("sizing the KV cache ({} MiB)", o.kv_cache_memory_mib);
+  spdlog::info("device: {}; sizing the KV cache ({} MiB)", m.device, eo.kv_memory_bytes >> 20);
   std::unique_ptr<Engine> engine = make_engine(*m.model, tokenizer, eo);
   const EngineStats kv = engine->stats();
   const Limits limits = derive_limits(o, config, kv);
@@ -345,7 +359,9 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 16));
   add(*cmd, "--payload-limit", o->payload_limit, "bytes of a request body; more: 413")
       ->capture_default_str();
-  add(*cmd, "--kv-cache-memory", o->kv_cache_memory_mib, "memory of the KV cache, MiB")
+  add(*cmd, "--kv-cache-memory", o->kv_cache_memory_mib,
+      "memory of the KV cache, MiB (0: 1024 on the CPU; on CUDA 90% of the free GPU memory "
+      "after loading, less 1 GiB for workspaces)")
       ->capture_default_str();
   add(*cmd, "--block-size", o->block_size, "tokens per KV block")
       ->capture_default_str()
@@ -370,6 +386,10 @@ void add_serve_command(CLI::App& app) {
   add(*cmd, "--io-threads", o->io_threads, "HTTP I/O threads")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  add(*cmd, "--device", o->device,
+      "cpu, cuda, or auto (cuda when MIL is built with CUDA and a GPU is present)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   add(*cmd, "--threads", o->threads, "compute threads (0: all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));

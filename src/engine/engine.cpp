@@ -198,10 +198,7 @@ class EngineImpl final : public Engine {
 
 int64_t kv_blocks_for(const LlamaModel& model, const EngineOptions& o, int64_t* bytes_per_block) {
   MIL_CHECK(o.block_size > 0, "engine: block_size must be positive, got {}", o.block_size);
-  const ModelConfig& c = model.config();
-  const KVCache probe = model.make_kv_cache(1, o.block_size);
-  *bytes_per_block = 2 * c.num_layers * probe.keys(0).rows * probe.keys(0).cols *
-                     static_cast<int64_t>(sizeof(float));
+  *bytes_per_block = model.kv_bytes_per_block(o.block_size);
   const int64_t blocks = o.kv_blocks > 0 ? o.kv_blocks : o.kv_memory_bytes / *bytes_per_block;
   MIL_CHECK(blocks >= 1, "engine: {} bytes of KV memory hold no block of {} tokens ({} bytes)",
             o.kv_memory_bytes, o.block_size, *bytes_per_block);

@@ -174,10 +174,10 @@ int32_t Generator::choose(const Tensor& logits, int64_t row, Sampler& sampler) {
   const Tensor r = logits.slice_rows(row, 1);
   int32_t token = 0;
   if (sampler.greedy()) {
-    model_.ops().argmax(r, &token);
+    host_ops_->argmax(r, &token);
   } else {
     const float u = sampler.next_uniform();
-    model_.ops().sample(r, &sampler.params(), &u, &token);
+    host_ops_->sample(r, &sampler.params(), &u, &token);
   }
   return token;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,8 @@ class Generator {
   int32_t choose(const Tensor& logits, int64_t row, Sampler& sampler);
 
   LlamaModel& model_;
+  // Token choice on the host logits forward() returns, whatever the model's backend.
+  std::unique_ptr<Ops> host_ops_ = make_cpu_ops(1);
   KVCache cache_;
   BlockAllocator allocator_;
   int64_t kv_tokens_;

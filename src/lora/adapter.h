@@ -38,6 +38,8 @@ class LoraAdapter {
 
   const std::string& name() const { return name_; }
   size_t bytes() const { return storage_.size(); }  // host memory its tensors take
+  // The one host allocation every module's a and b view (bytes() long).
+  const void* storage() const { return storage_.data(); }
   int32_t max_rank() const { return max_rank_; }
   // The PEFT config's `r` and its scale before rank/alpha patterns (see PeftAdapter); a merge
   // keeps its first component's.

@@ -263,14 +263,41 @@ void AdapterStore::release(int32_t slot) {
   e.last_used = ++clock_;  // in use until now: recency counts from the release
 }
 
+void AdapterStore::use_backend(Ops& ops) {
+  std::lock_guard lock(mu_);
+  MIL_CHECK(std::all_of(slots_.begin(), slots_.end(), [](Entry* e) { return e == nullptr; }),
+            "adapter store: use_backend after adapters became resident");
+  backend_ = ops.device() == Device::CPU ? nullptr : &ops;
+  device_slots_.clear();
+  device_slots_.resize(slots_.size());
+}
+
 void AdapterStore::fill_slot_locked(int32_t slot, Entry& e) {
   const LoraAdapter& a = *e.adapter;
+  // On a device backend the slot's tensors are the same bytes at the same offsets in one
+  // device allocation.
+  const auto* host_base = static_cast<const std::byte*>(a.storage());
+  std::byte* device_base = nullptr;
+  if (backend_ != nullptr && a.bytes() > 0) {
+    OwnedTensor& d = device_slots_[slot];
+    d = backend_->allocate(DType::F32, 1, static_cast<int64_t>(a.bytes() / sizeof(float)));
+    backend_->upload(host_base, d.view());
+    backend_->synchronize();
+    device_base = d.view().ptr<std::byte>();
+  }
+  auto place = [&](const Tensor& t) {
+    if (device_base == nullptr || t.empty()) return t;
+    Tensor d = t;
+    d.data = device_base + (static_cast<const std::byte*>(t.data) - host_base);
+    d.device = backend_->device();
+    return d;
+  };
   for (int64_t layer = 0; layer < base_.num_layers; ++layer) {
     for (int t = 0; t < kNumLoraTargets; ++t) {
       Table& tab = table(layer, static_cast<LoraTarget>(t));
       const LoraModule* m = a.module(layer, static_cast<LoraTarget>(t));
-      tab.a[slot] = m ? m->a : Tensor{};
-      tab.b[slot] = m ? m->b : Tensor{};
+      tab.a[slot] = m ? place(m->a) : Tensor{};
+      tab.b[slot] = m ? place(m->b) : Tensor{};
       tab.scale[slot] = m ? m->scale : 0.0f;
     }
   }
@@ -287,6 +314,7 @@ void AdapterStore::free_slot_locked(int32_t slot) {
     tab.b[slot] = Tensor{};
     tab.scale[slot] = 0.0f;
   }
+  if (!device_slots_.empty()) device_slots_[slot] = OwnedTensor{};
   resident_bytes_ -= e.adapter->bytes();
   e.adapter.reset();
   e.slot = -1;

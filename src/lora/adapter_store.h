@@ -6,7 +6,9 @@
 //
 // The ops see adapters only through projection(layer, target): one LoraProjection per target
 // projection with an entry per slot, whose storage never moves, so the model can keep the
-// reference. A slot's entries change only when the slot is (re)filled or emptied.
+// reference. A slot's entries change only when the slot is (re)filled or emptied. With a
+// device backend (use_backend), filling a slot uploads the adapter's tensors (f32, one
+// allocation) to the backend's memory and the entries point there; emptying frees it.
 //
 // Threads: every public method takes the bookkeeping mutex, so registration may come from any
 // thread. acquire() and release() belong to the engine thread, which is also the only reader
@@ -83,6 +85,11 @@ class AdapterStore {
   // The registration that fills `slot` (pinned by the caller), 0 when free.
   uint64_t slot_registration(int32_t slot) const;
 
+  // Slots filled from now on hold their tensors in `ops`'s memory (a device backend's; the
+  // CPU backend reads the host copies in place). Call before the first acquire; `ops` must
+  // outlive the store and is used on the thread that calls acquire (the engine thread).
+  void use_backend(Ops& ops);
+
   // Engine thread only; see the top of this file.
   const LoraProjection& projection(int64_t layer, LoraTarget target) const;
   int32_t max_rank() const { return max_rank_.load(std::memory_order_relaxed); }
@@ -122,6 +129,8 @@ class AdapterStore {
   uint64_t registrations_ = 0;  // the last registration() handed out
   std::vector<Table> tables_;
   std::atomic<int32_t> max_rank_{0};
+  Ops* backend_ = nullptr;                 // use_backend's; nullptr: host tensors in place
+  std::vector<OwnedTensor> device_slots_;  // per slot: its adapter's tensors in device memory
 };
 
 }  // namespace mil

@@ -4,16 +4,22 @@
 
 namespace mil {
 
-KVCache::KVCache(int64_t num_layers, int64_t num_blocks, int32_t block_size, int64_t kv_width)
-    : num_blocks_(num_blocks), block_size_(block_size) {
+KVCache::KVCache(Ops& ops, int64_t num_layers, int64_t num_blocks, int32_t block_size,
+                 int64_t kv_width)
+    : num_blocks_(num_blocks), block_size_(block_size), dtype_(ops.kv_dtype()) {
   MIL_CHECK(num_blocks > 0 && block_size > 0, "KV cache needs blocks (got {} x {})", num_blocks,
             block_size);
   keys_.reserve(num_layers);
   values_.reserve(num_layers);
   for (int64_t i = 0; i < num_layers; ++i) {
-    keys_.emplace_back(DType::F32, num_blocks * block_size, kv_width);
-    values_.emplace_back(DType::F32, num_blocks * block_size, kv_width);
+    keys_.push_back(ops.allocate(dtype_, num_blocks * block_size, kv_width));
+    values_.push_back(ops.allocate(dtype_, num_blocks * block_size, kv_width));
   }
+}
+
+int64_t KVCache::bytes_per_block(DType dtype, int64_t num_layers, int32_t block_size,
+                                 int64_t kv_width) {
+  return 2 * num_layers * block_size * static_cast<int64_t>(row_bytes(dtype, kv_width));
 }
 
 }  // namespace mil

@@ -1,8 +1,12 @@
 // The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2) written once against the op
 // interface:
-//   embed -> N x [norm -> q,k,v (+bias) -> rope -> kv store -> paged attention -> o
-//                 -> residual -> norm -> gate, up -> silu*mul -> down -> residual]
+//   embed -> N x [norm -> qkv (+bias) -> rope -> kv store -> paged attention -> o
+//                 -> residual + norm -> gate_up -> silu*mul -> down -> residual + norm]
 //   -> norm -> lm_head (only the rows whose logits are wanted)
+// q/k/v (and gate/up) are column ranges of one activation buffer, filled by one matmul when
+// the weights are fused (LlamaWeights::to_device) and by one matmul each otherwise; each
+// target's LoRA goes to its own column range. Activations, the step's index arrays and the
+// logits live in the backend's memory (activation_dtype(); logits f32).
 #pragma once
 
 #include <vector>
@@ -31,7 +35,8 @@ struct StepBatch {
 
 class LlamaModel {
  public:
-  // `adapters` (optional) holds the LoRA adapters that steps may name by slot.
+  // `adapters` (optional) holds the LoRA adapters that steps may name by slot. The weights
+  // must be in `ops`'s memory (LlamaWeights::to_device for a device backend).
   LlamaModel(const LlamaWeights& weights, Ops& ops, int64_t max_tokens_per_step,
              AdapterStore* adapters = nullptr);
 
@@ -40,29 +45,48 @@ class LlamaModel {
   Ops& ops() const { return ops_; }
   AdapterStore* adapters() const { return adapters_; }
   KVCache make_kv_cache(int64_t num_blocks, int32_t block_size) const;
+  // Bytes one KV block of `block_size` tokens takes (all layers, keys and values).
+  int64_t kv_bytes_per_block(int32_t block_size) const;
 
-  // Logits [step.logit_rows.size(), vocab], valid until the next call.
+  // Logits [step.logit_rows.size(), vocab], f32 in HOST memory (downloaded from the device
+  // when the backend has one), valid until the next call.
   Tensor forward(const StepBatch& step, const KVCache& cache);
 
  private:
-  void attention_block(const LayerWeights& l, int64_t layer, int64_t n, const StepBatch& step,
+  void attention_block(const LayerWeights& l, int64_t layer, int64_t n,
                        const AttentionBatch& batch, const KVCache& cache);
   void mlp_block(const LayerWeights& l, int64_t layer, int64_t n);
-  // y = x w^T (+ bias) (+ the LoRA of each row's adapter for this layer's `target`).
-  void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-              int64_t layer, LoraTarget target);
+  // y = x w^T (+ bias), without LoRA.
+  void project(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y);
+  // y += the LoRA of each row's adapter for this layer's `target` (nothing without adapters).
+  void lora(const Tensor& x, const Tensor& y, int64_t layer, LoraTarget target);
+  // Copies the step's index arrays into one host staging buffer and uploads it.
+  void upload_step(const StepBatch& step);
 
   const LlamaWeights& weights_;
   Ops& ops_;
   int64_t max_tokens_;
   AdapterStore* adapters_;
-  const std::vector<LoraSegment>* segments_ = nullptr;  // of the step being run
-  OwnedTensor lora_v_;  // shrink output, [max_tokens, max rank]
   AttentionShape attn_shape_;
   OwnedTensor inv_freq_;
-  // Activations for up to max_tokens_ rows.
-  OwnedTensor hidden_, normed_, q_, k_, v_, attn_out_, gate_, up_, mlp_out_;
+  int64_t q_cols_ = 0, kv_cols_ = 0, inter_ = 0;
+  // Activations for up to max_tokens_ rows, in the backend's memory.
+  OwnedTensor hidden_, normed_, qkv_, attn_out_, gate_up_, mlp_out_;
+  OwnedTensor lora_v_;  // shrink output, f32 [max_tokens, max rank]
   OwnedTensor logits_, logit_input_;
+  OwnedTensor host_logits_;  // where the logits are downloaded (when not in host memory)
+  // The step's int32 arrays: packed on the host, uploaded in one copy.
+  OwnedTensor step_host_, step_device_;
+  // Device pointers into step_device_ for the step being run.
+  const int32_t* d_ids_ = nullptr;
+  const int32_t* d_positions_ = nullptr;
+  const int32_t* d_slots_ = nullptr;
+  const int32_t* d_query_start_ = nullptr;
+  const int32_t* d_context_len_ = nullptr;
+  const int32_t* d_block_table_ = nullptr;
+  const int32_t* d_logit_rows_ = nullptr;
+  const LoraSegment* d_segments_ = nullptr;
+  int32_t num_segments_ = 0;  // > 0 only when some row has an adapter
 };
 
 }  // namespace mil

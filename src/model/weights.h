@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "backends/ops.h"
 #include "core/buffer.h"
 #include "core/shard.h"
 #include "core/tensor.h"
@@ -25,6 +26,11 @@ struct LayerWeights {
   Tensor ffn_norm;
   Tensor gate, up, down;
   Tensor gate_bias, up_bias, down_bias;
+  // Fused projections (to_device builds them where the parts share a dtype; empty
+  // otherwise): qkv = [q; k; v] rows, gate_up = [gate; up] rows, and their biases. q, k, v,
+  // gate and up are then row views of them.
+  Tensor qkv, qkv_bias;
+  Tensor gate_up, gate_up_bias;
 };
 
 // Per-rank sizes after sharding.
@@ -54,6 +60,17 @@ class LlamaWeights {
   // multi-adapter path keeps the base weights shared and applies adapters per row.
   void merge_lora(const LoraAdapter& adapter);
 
+  // Moves every weight into the memory of `ops`'s backend, in the form its matmul is fastest
+  // with: F32/F16/BF16 matrices as BF16, Q8_0/Q4_0/Q4_1 as they are, vectors as F32; and
+  // builds the fused qkv and gate_up projections. Nothing happens when the weights already
+  // live in that memory (the CPU backend computes on the mapped file). Merge adapters first.
+  // `ops` must outlive the weights' use; the host views are dropped (rope_freq_factors stays
+  // on the host: it only feeds the RoPE table).
+  void to_device(Ops& ops);
+  // to_device without that check: copies even into host memory, so that the fused and
+  // BF16 form runs on the CPU backend too (tests of the device path on machines without one).
+  void copy_to(Ops& ops);
+
  private:
   enum class Split { None, Rows, Cols };
   Tensor matrix(const std::string& name, int64_t rows, int64_t cols, Split split);
@@ -64,6 +81,7 @@ class LlamaWeights {
   ShardSpec shard_;
   ShardedDims dims_;
   std::vector<HostBuffer> owned_;  // f32 copies of vectors
+  std::vector<OwnedTensor> device_;  // to_device's copies
 };
 
 }  // namespace mil

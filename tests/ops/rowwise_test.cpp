@@ -150,6 +150,31 @@ TEST_P(Rowwise, RmsnormStridedAndInPlace) {
   }
 }
 
+// residual += x, out = rmsnorm(residual): against the plain references of add and rmsnorm.
+TEST_P(Rowwise, AddRmsnormStrided) {
+  Random rng(37);
+  for (auto [n, cols] : {std::pair<int64_t, int64_t>{1, 576}, {7, 5}, {16, 1536}}) {
+    const std::vector<float> r = rng.uniform(n * cols, -3.0f, 3.0f);
+    const std::vector<float> x = rng.uniform(n * cols, -1.0f, 1.0f), w = rng.uniform(cols);
+    std::vector<float> sum(r.size());
+    for (size_t i = 0; i < r.size(); ++i) sum[i] = r[i] + x[i];
+    const std::vector<float> want = ref::rmsnorm(sum, w, cols, 1e-5f);
+    DeviceTensor dw(backend(), DType::F32, 1, cols);
+    dw.set_f32(w);
+    DeviceTensor dr(backend(), DType::F32, n, cols, (cols + 3) * 4, 8);
+    DeviceTensor dx(backend(), DType::F32, n, cols, (cols + 4) * 4, 16);
+    DeviceTensor out(backend(), DType::F32, n, cols, (cols + 1) * 4);
+    dr.set_f32(r);
+    dx.set_f32(x);
+    ops->add_rmsnorm(dr, dx, dw, 1e-5f, out);
+    EXPECT_LE(max_norm_error(dr.get_f32(), sum), 1e-6);
+    EXPECT_LE(max_norm_error(out.get_f32(), want), 1e-5);
+    out.check_untouched("out");
+    dr.check_untouched("residual");
+    dx.check_untouched("x", true);
+  }
+}
+
 TEST_P(Rowwise, RopeBothLayouts) {
   Random rng(41);
   for (bool interleaved : {false, true}) {

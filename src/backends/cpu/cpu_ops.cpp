@@ -44,6 +44,33 @@ class CpuOps final : public Ops {
       : threads_(num_threads > 0 ? num_threads : omp_get_max_threads()), path_(path) {}
 
   Device device() const override { return Device::CPU; }
+  DType activation_dtype() const override { return DType::F32; }
+
+  OwnedTensor allocate(DType dtype, int64_t rows, int64_t cols) override {
+    MIL_CHECK(rows >= 0 && cols >= 0 && cols % block_elems(dtype) == 0,
+              "allocate: {} x {} {} is not a valid shape", rows, cols, dtype_name(dtype));
+    return OwnedTensor(dtype, rows, cols);
+  }
+  OwnedTensor allocate_host(DType dtype, int64_t rows, int64_t cols) override {
+    return allocate(dtype, rows, cols);
+  }
+  void upload(const void* src, const Tensor& dst) override {
+    check_host(dst, "upload", "dst");
+    const size_t row = row_bytes(dst.dtype, dst.cols);
+    MIL_CHECK(dst.rows == 0 || src != nullptr, "upload: no source");
+    for (int64_t i = 0; i < dst.rows; ++i) {
+      std::memcpy(dst.row<std::byte>(i), static_cast<const std::byte*>(src) + i * row, row);
+    }
+  }
+  void download(const Tensor& src, void* dst) override {
+    check_host(src, "download", "src");
+    const size_t row = row_bytes(src.dtype, src.cols);
+    MIL_CHECK(src.rows == 0 || dst != nullptr, "download: no destination");
+    for (int64_t i = 0; i < src.rows; ++i) {
+      std::memcpy(static_cast<std::byte*>(dst) + i * row, src.row<const std::byte>(i), row);
+    }
+  }
+  void synchronize() override {}
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& y) override {
     cpu::matmul(x, w, y, MatmulMode{threads_, path_}, ws_);
@@ -187,6 +214,13 @@ class CpuOps final : public Ops {
       float* o = out.row<float>(i);
       for (int64_t j = 0; j < a.cols; ++j) o[j] = x[j] + y[j];
     }
+  }
+
+  // add then rmsnorm, so that the CPU path's numerics are those of the two ops.
+  void add_rmsnorm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                   const Tensor& out) override {
+    add(residual, x, residual);
+    rmsnorm(residual, weight, eps, out);
   }
 
   void lora_shrink(const Tensor& x, const LoraProjection& proj, const LoraSegment* segments,

@@ -1,0 +1,233 @@
+// add_bias, embedding, rmsnorm, rope, kv_store, silu_mul, add, argmax and sample on CUDA
+// against the CPU backend. Tolerances (BF16 outputs round to 8 significant bits, a relative
+// error up to 2^-9 per element): rel L2 <= 1e-2 and max-norm <= 1e-2 for BF16 outputs;
+// F32 outputs 1e-5; kv_store and argmax exact; sample: the same token as the CPU backend
+// for every draw (differences only in the rounding of prefix sums at a CDF boundary).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "core/half.h"
+#include "cuda/cuda_harness.h"
+
+namespace mil::test::gpu {
+namespace {
+
+constexpr double kBf16Tol = 1e-2;
+
+class CudaRowwise : public CudaOpsTest {};
+
+TEST_F(CudaRowwise, AddBias) {
+  Random rng(1);
+  for (DType ydt : {DType::BF16, DType::F32}) {
+    for (int64_t n : {1, 7, 64, 300}) {
+      const int64_t cols = 384;
+      const auto y0 = round_bf16(rng.uniform(n * cols));
+      const auto bias = rng.uniform(cols);
+      GpuTensor y(ydt, n, cols, (cols + 8) * (ydt == DType::F32 ? 4 : 2), 16);
+      GpuTensor b(DType::F32, 1, cols);
+      y.set(y0);
+      b.set(bias);
+      gpu->add_bias(y, b);
+      OwnedTensor hy = host_f32(y0, n, cols), hb = host_f32(bias, 1, cols);
+      cpu->add_bias(hy, hb);
+      const double tol = ydt == DType::F32 ? 1e-6 : kBf16Tol;
+      EXPECT_LE(rel_l2_error(y.get(), to_vector(hy)), tol) << n;
+      y.check_untouched("y");
+      b.check_untouched("bias", true);
+    }
+  }
+}
+
+TEST_F(CudaRowwise, EmbeddingEveryDtype) {
+  Random rng(2);
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const int64_t rows = 37, cols = 256;
+    const auto table = rng.weight_rows(dt, rows, cols);
+    GpuTensor t(dt, rows, cols, row_bytes(dt, cols + 64));
+    t.set_bytes(table);
+    std::vector<int32_t> ids = {36, 0, 5, 5, 17, 1, 2};
+    GpuArray<int32_t> dids(ids);
+    for (DType odt : {DType::BF16, DType::F32}) {
+      GpuTensor out(odt, 7, cols, (cols + 4) * (odt == DType::F32 ? 4 : 2), 8);
+      gpu->embedding(t, dids.get(), out);
+      OwnedTensor ref(DType::F32, 7, cols);
+      cpu->embedding(Tensor::contiguous(dt, rows, cols, const_cast<uint8_t*>(table.data())),
+                     ids.data(), ref);
+      const double tol = odt == DType::F32 ? 1e-6 : 5e-3;
+      EXPECT_LE(max_norm_error(out.get(), to_vector(ref)), tol);
+      out.check_untouched("out");
+    }
+    t.check_untouched("table", true);
+  }
+}
+
+TEST_F(CudaRowwise, RmsnormInPlaceAndNot) {
+  Random rng(3);
+  for (int64_t n : {1, 7, 64, 300}) {
+    for (int64_t cols : {64, 576, 4096}) {
+      const auto x = round_bf16(rng.uniform(n * cols, -3.0f, 3.0f));
+      const auto w = rng.uniform(cols, 0.5f, 1.5f);
+      OwnedTensor hx = host_f32(x, n, cols), hw = host_f32(w, 1, cols), ho(DType::F32, n, cols);
+      cpu->rmsnorm(hx, hw, 1e-5f, ho);
+      GpuTensor gx(DType::BF16, n, cols, (cols + 16) * 2), gw(DType::F32, 1, cols);
+      GpuTensor go(DType::BF16, n, cols);
+      gx.set(x);
+      gw.set(w);
+      gpu->rmsnorm(gx, gw, 1e-5f, go);
+      EXPECT_LE(rel_l2_error(go.get(), to_vector(ho)), kBf16Tol);
+      EXPECT_LE(max_norm_error(go.get(), to_vector(ho)), kBf16Tol);
+      go.check_untouched("out");
+      gx.check_untouched("x", true);
+      gpu->rmsnorm(gx, gw, 1e-5f, gx);  // in place
+      EXPECT_LE(rel_l2_error(gx.get(), to_vector(ho)), kBf16Tol);
+      gx.check_untouched("x in place");
+    }
+  }
+}
+
+TEST_F(CudaRowwise, RopeBothLayouts) {
+  Random rng(4);
+  for (int32_t dim : {64, 128}) {
+    for (bool interleaved : {false, true}) {
+      for (int64_t n : {1, 7, 64, 300}) {
+        const int64_t cols = 4 * dim;
+        const auto x = round_bf16(rng.uniform(n * cols, -2.0f, 2.0f));
+        std::vector<float> inv(dim / 2);
+        for (int j = 0; j < dim / 2; ++j)
+          inv[j] = std::pow(500000.0f, -2.0f * static_cast<float>(j) / static_cast<float>(dim));
+        std::vector<int32_t> pos(n);
+        for (auto& p : pos) p = rng.integer(0, 8000);
+        OwnedTensor hx = host_f32(x, n, cols), hinv = host_f32(inv, 1, dim / 2);
+        cpu->rope(hx, dim, pos.data(), hinv, interleaved);
+        GpuTensor gx(DType::BF16, n, cols, (cols + 2 * dim) * 2), ginv(DType::F32, 1, dim / 2);
+        gx.set(x);
+        ginv.set(inv);
+        GpuArray<int32_t> gpos(pos);
+        gpu->rope(gx, dim, gpos.get(), ginv, interleaved);
+        EXPECT_LE(rel_l2_error(gx.get(), to_vector(hx)), kBf16Tol) << dim << " " << interleaved;
+        EXPECT_LE(max_norm_error(gx.get(), to_vector(hx)), kBf16Tol);
+        gx.check_untouched("x");
+      }
+    }
+  }
+}
+
+TEST_F(CudaRowwise, KvStoreExact) {
+  Random rng(5);
+  for (int64_t n : {1, 7, 64, 300}) {
+    const int64_t kvw = 256, slots = 1024;
+    const auto k = round_bf16(rng.uniform(n * kvw)), v = round_bf16(rng.uniform(n * kvw));
+    std::vector<int32_t> perm(slots);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng.gen());
+    std::vector<int32_t> sl(perm.begin(), perm.begin() + n);
+    // k and v as column slices of one qkv row.
+    const size_t qkv_stride = (3 * kvw) * 2;
+    GpuTensor gk(DType::BF16, n, kvw, qkv_stride), gv(DType::BF16, n, kvw, qkv_stride, 2 * kvw);
+    gk.set(k);
+    gv.set(v);
+    GpuTensor kc(DType::BF16, slots, kvw), vc(DType::BF16, slots, kvw);
+    const auto k0 = round_bf16(rng.uniform(slots * kvw)), v0 = round_bf16(rng.uniform(slots * kvw));
+    kc.set(k0);
+    vc.set(v0);
+    GpuArray<int32_t> gs(sl);
+    gpu->kv_store(gk, gv, gs.get(), kc, vc);
+    OwnedTensor hk = host_f32(k, n, kvw), hv = host_f32(v, n, kvw);
+    OwnedTensor hkc = host_f32(k0, slots, kvw), hvc = host_f32(v0, slots, kvw);
+    cpu->kv_store(hk, hv, sl.data(), hkc, hvc);
+    EXPECT_EQ(kc.get(), to_vector(hkc));
+    EXPECT_EQ(vc.get(), to_vector(hvc));
+    kc.check_untouched("k_cache");
+    vc.check_untouched("v_cache");
+    gk.check_untouched("k", true);
+  }
+}
+
+TEST_F(CudaRowwise, SiluMulAndAdd) {
+  Random rng(6);
+  for (int64_t n : {1, 7, 64, 300}) {
+    const int64_t cols = 1536;
+    const auto g = round_bf16(rng.uniform(n * cols, -6.0f, 6.0f));
+    const auto u = round_bf16(rng.uniform(n * cols, -2.0f, 2.0f));
+    OwnedTensor hg = host_f32(g, n, cols), hu = host_f32(u, n, cols), ho(DType::F32, n, cols);
+    cpu->silu_mul(hg, hu, ho);
+    // gate and up as halves of one gate_up row; out aliases gate.
+    GpuTensor gg(DType::BF16, n, cols, 2 * cols * 2), gu(DType::BF16, n, cols, 2 * cols * 2, cols * 2);
+    gg.set(g);
+    gu.set(u);
+    gpu->silu_mul(gg, gu, gg);
+    EXPECT_LE(rel_l2_error(gg.get(), to_vector(ho)), kBf16Tol);
+    EXPECT_LE(max_norm_error(gg.get(), to_vector(ho)), kBf16Tol);
+    gg.check_untouched("out");
+    gu.check_untouched("up", true);
+
+    for (DType dt : {DType::BF16, DType::F32}) {
+      OwnedTensor ha = host_f32(g, n, cols), hs(DType::F32, n, cols);
+      cpu->add(ha, hu, hs);
+      GpuTensor ga(dt, n, cols, 0, 4), gb(dt, n, cols, (cols + 8) * (dt == DType::F32 ? 4 : 2));
+      ga.set(g);
+      gb.set(u);
+      gpu->add(ga, gb, ga);
+      EXPECT_LE(max_norm_error(ga.get(), to_vector(hs)), dt == DType::F32 ? 1e-6 : 5e-3);
+      ga.check_untouched("a/out");
+      gb.check_untouched("b", true);
+    }
+  }
+}
+
+TEST_F(CudaRowwise, ArgmaxLowestIndexAmongTies) {
+  Random rng(7);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t vocab : {1, 100, 32000, 128256}) {
+      const int64_t n = 9;
+      auto l = round_bf16(rng.uniform(n * vocab, -10.0f, 10.0f));
+      if (vocab > 100) {
+        l[3 * vocab + 77] = 20.0f;  // a tie in row 3: index 77 wins
+        l[3 * vocab + 5000] = 20.0f;
+      }
+      GpuTensor gl(dt, n, vocab, (vocab + 3) * (dt == DType::F32 ? 4 : 2), 4);
+      gl.set(l);
+      GpuArray<int32_t> out(std::vector<int32_t>(n, -1));
+      gpu->argmax(gl, out.mut());
+      std::vector<int32_t> want(n);
+      OwnedTensor hl = host_f32(l, n, vocab);
+      cpu->argmax(hl, want.data());
+      EXPECT_EQ(out.download(), want) << vocab;
+      if (vocab > 100) {
+        EXPECT_EQ(want[3], 77);
+      }
+    }
+  }
+}
+
+TEST_F(CudaRowwise, SampleMatchesCpu) {
+  Random rng(8);
+  const std::vector<SamplingParams> kinds = {{0.0f, 0, 1.0f},   {1.0f, 0, 1.0f},  {0.7f, 50, 1.0f},
+                                             {0.8f, 0, 0.9f},   {1.2f, 40, 0.95f}, {0.5f, 1, 1.0f},
+                                             {1.0f, 0, 0.0f},   {2.0f, 1000, 0.5f}};
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t vocab : {2, 500, 49152}) {
+      const int64_t n = 64;
+      const auto l = round_bf16(rng.uniform(n * vocab, -8.0f, 8.0f));
+      std::vector<SamplingParams> params(n);
+      std::vector<float> u = rng.uniform(n, 0.0f, 0.999f);
+      for (int64_t i = 0; i < n; ++i) params[i] = kinds[i % kinds.size()];
+      GpuTensor gl(dt, n, vocab);
+      gl.set(l);
+      GpuArray<SamplingParams> gp(params);
+      GpuArray<float> gu(u);
+      GpuArray<int32_t> out(std::vector<int32_t>(n, -1));
+      gpu->sample(gl, gp.get(), gu.get(), out.mut());
+      std::vector<int32_t> want(n);
+      OwnedTensor hl = host_f32(l, n, vocab);
+      cpu->sample(hl, params.data(), u.data(), want.data());
+      EXPECT_EQ(out.download(), want) << "vocab " << vocab << " " << dtype_name(dt);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mil::test::gpu
