@@ -63,7 +63,10 @@ def build_model(layers=32, seed=0, device="cuda"):
     finally:
         torch.set_default_dtype(old)
     model = model.to(torch.bfloat16).eval()
-    model.config.torch_dtype = torch.bfloat16
+    if hasattr(model.config, "dtype"):  # transformers 5 (torch_dtype is deprecated there)
+        model.config.dtype = torch.bfloat16
+    else:
+        model.config.torch_dtype = torch.bfloat16
     return model
 
 
