@@ -153,7 +153,7 @@ def test_sigterm_drains(mil_bin, model_path, work_dir):
         def long_request():
             try:
                 r = requests.post(s.url + "/generate", json={"inputs": COUNTING, "parameters": {
-                    "max_new_tokens": 600, "details": True}}, timeout=300)
+                    "max_new_tokens": 200, "details": True}}, timeout=300)
                 result["status"] = r.status_code
                 result["body"] = r.json()
             except Exception as e:  # noqa: BLE001
@@ -162,7 +162,7 @@ def test_sigterm_drains(mil_bin, model_path, work_dir):
         # one non-streaming and one streaming request in flight
         t = threading.Thread(target=long_request)
         t.start()
-        stream, lines = _open_stream(s.url, tokens=500)
+        stream, lines = _open_stream(s.url, tokens=160)
         time.sleep(0.2)  # the non-streaming request was sent first: it is running too
         s.signal()
         # new requests get 503 while the old ones finish
@@ -184,7 +184,7 @@ def test_sigterm_drains(mil_bin, model_path, work_dir):
         assert events and events[-1].get("details"), events[-1:]
         assert events[-1]["details"]["finish_reason"] in ("length", "eos_token"), events[-1]
         if events[-1]["details"]["finish_reason"] == "length":
-            assert events[-1]["details"]["generated_tokens"] == 500
+            assert events[-1]["details"]["generated_tokens"] == 160
         t.join(300)
         assert result.get("status") == 200, result
         assert result["body"]["details"]["finish_reason"] in ("length", "eos_token")
