@@ -58,17 +58,6 @@ __device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
   return lo;
 }
 
-__device__ __forceinline__ void unpack8(const uint4 r, float* f) {
-  f[0] = __uint_as_float(r.x << 16);
-  f[1] = __uint_as_float(r.x & 0xffff0000u);
-  f[2] = __uint_as_float(r.y << 16);
-  f[3] = __uint_as_float(r.y & 0xffff0000u);
-  f[4] = __uint_as_float(r.z << 16);
-  f[5] = __uint_as_float(r.z & 0xffff0000u);
-  f[6] = __uint_as_float(r.w << 16);
-  f[7] = __uint_as_float(r.w & 0xffff0000u);
-}
-
 constexpr int kWarps = 4;
 
 
@@ -282,7 +271,7 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
     if (g < group) {
       const uint4 r = *reinterpret_cast<const uint4*>(
           p.q + row * p.q_stride + (static_cast<int64_t>(kh) * group + g) * D + c * 8);
-      unpack8(r, qf[g]);
+      bf16x8_to_f32(r, qf[g]);
 #pragma unroll
       for (int e = 0; e < 8; ++e) qf[g][e] *= p.scale;
     } else {
@@ -325,7 +314,7 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
       for (int u = 0; u < kDUnroll; ++u) {
         const int i = i0 + u * KPS + kg;
         float kf[8];
-        unpack8(kr[u], kf);
+        bf16x8_to_f32(kr[u], kf);
         float sc[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) {
@@ -393,7 +382,7 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
         const int i = i0 + u * KPS + kg;
         if (i < n) {
           float vf[8];
-          unpack8(vr[u], vf);
+          bf16x8_to_f32(vr[u], vf);
 #pragma unroll
           for (int g = 0; g < G; ++g) {
             const float pg = s_p[g][i];

@@ -76,17 +76,6 @@ __host__ __device__ constexpr int block_bytes() {
   return T == DType::Q8_0 ? 34 : T == DType::Q4_0 ? 18 : 20;
 }
 
-__device__ __forceinline__ void bf16x8_to_f32(const uint4 r, float* f) {
-  f[0] = __uint_as_float(r.x << 16);
-  f[1] = __uint_as_float(r.x & 0xffff0000u);
-  f[2] = __uint_as_float(r.y << 16);
-  f[3] = __uint_as_float(r.y & 0xffff0000u);
-  f[4] = __uint_as_float(r.z << 16);
-  f[5] = __uint_as_float(r.z & 0xffff0000u);
-  f[6] = __uint_as_float(r.w << 16);
-  f[7] = __uint_as_float(r.w & 0xffff0000u);
-}
-
 // Reduces acc[R][N] over the warp and stores the valid outputs (lane i stores output i).
 template <int R, int N>
 __device__ __forceinline__ void gemv_store(float (&acc)[R][N], int64_t row0, int64_t m, int nr,
