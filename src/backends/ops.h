@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "core/buffer.h"
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace mil {
@@ -62,6 +63,17 @@ struct LoraProjection {
   const Tensor* b = nullptr;
   const float* scale = nullptr;
   int32_t num_slots = 0;
+  // Bumped by the owner whenever an entry changes (0: unknown, always re-read). A device
+  // backend may keep its own copy of the slot table and refresh it only when this moves.
+  uint64_t generation = 0;
+};
+
+// A recorded sequence of ops (a CUDA graph) that replays the same launches on the same
+// memory: the inputs it reads must be written in place (same addresses) before launch().
+class OpsGraph {
+ public:
+  virtual ~OpsGraph() = default;
+  virtual void launch() = 0;
 };
 
 class Ops {
@@ -88,6 +100,14 @@ class Ops {
     (void)total_bytes;
     return false;
   }
+
+  // Graph capture (plan/run split). Between begin_capture() and end_capture() ops are
+  // recorded, not run; nothing may allocate, upload, download or synchronize in between, and
+  // workspaces must already have their final size (run the same ops once eagerly first).
+  // Backends without graphs return false from supports_graphs() and fail on the others.
+  virtual bool supports_graphs() const { return false; }
+  virtual void begin_capture() { fail("this backend cannot capture graphs"); }
+  virtual std::unique_ptr<OpsGraph> end_capture() { fail("this backend cannot capture graphs"); }
 
   // y[n, w.rows] = x[n, w.cols] * w^T. x, y: f32. w: any storage dtype, possibly strided.
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& y) = 0;

@@ -126,7 +126,10 @@ struct Sequence {
 class EngineImpl final : public Engine {
  public:
   EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options);
-  ~EngineImpl() override { shutdown(); }
+  ~EngineImpl() override {
+    shutdown();
+    model_.release_decode_graphs(cache_);
+  }
 
   std::shared_ptr<RequestHandle> submit(EngineRequest request, EventSink sink) override;
   EngineStats stats() const override {
@@ -242,6 +245,13 @@ EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, Engin
   stats_.max_batch_prefill_tokens = budgets_.step_tokens;
   stats_.max_batch_total_tokens = budgets_.total_tokens;
   stats_.free_blocks = blocks_.free_blocks();
+  if (!options.decode_graph_batch_sizes.empty()) {
+    const int64_t most_blocks = std::min<int64_t>(
+        cache_.num_blocks(),
+        (model.config().max_position_embeddings + options.block_size - 1) / options.block_size);
+    model_.capture_decode_graphs(cache_, options.decode_graph_batch_sizes,
+                                 static_cast<int32_t>(most_blocks));
+  }
   thread_ = std::thread([this] { run(); });
 }
 

@@ -30,6 +30,9 @@ struct EngineOptions {
   int64_t max_batch_total_tokens = 0;       // KV tokens of all running sequences; 0 = the cache
   int32_t max_batch_size = 0;               // running sequences; 0 = unlimited
   bool prefix_caching = true;
+  // Decode steps of up to the largest of these batch sizes run as CUDA graphs, captured at
+  // start-up (LlamaModel::capture_decode_graphs); empty: no graphs. Ignored on the CPU.
+  std::vector<int32_t> decode_graph_batch_sizes = {1, 2, 4, 8, 16, 32, 64, 128};
 };
 
 // What the engine sized and is doing now; cheap, callable from any thread.

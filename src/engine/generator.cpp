@@ -88,7 +88,16 @@ Generator::Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size)
     : model_(model),
       cache_(model.make_kv_cache((kv_tokens + block_size - 1) / block_size, block_size)),
       allocator_(cache_.num_blocks()),
-      kv_tokens_(kv_tokens) {}
+      kv_tokens_(kv_tokens) {
+  // A sequence holds at most the whole cache and the model's positions.
+  const int64_t most_blocks =
+      std::min<int64_t>(cache_.num_blocks(),
+                        (model.config().max_position_embeddings + block_size - 1) / block_size);
+  model_.capture_decode_graphs(cache_, LlamaModel::default_graph_batch_sizes(),
+                               static_cast<int32_t>(most_blocks));
+}
+
+Generator::~Generator() { model_.release_decode_graphs(cache_); }
 
 void Generator::validate(const std::vector<GenerationRequest>& requests, bool prompt_only) const {
   const int64_t vocab = model_.config().vocab_size;

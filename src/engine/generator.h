@@ -46,7 +46,11 @@ using TokenCallback = std::function<bool(int32_t token)>;
 class Generator {
  public:
   // `kv_tokens` bounds the prompt + generated tokens of all sequences run together.
+  // Captures the model's decode graphs for its cache when the backend can (LlamaModel).
   Generator(LlamaModel& model, int64_t kv_tokens, int32_t block_size = 16);
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
 
   GenerationResult generate(const std::vector<int32_t>& prompt, const GenerationParams& params,
                             const TokenCallback& on_token = {});

@@ -323,6 +323,10 @@ void AdapterStore::free_slot_locked(int32_t slot) {
 }
 
 void AdapterStore::update_max_rank_locked() {
+  // Called whenever a slot is filled or emptied: device backends refresh their copies of the
+  // slot tables when the generation moves.
+  ++generation_;
+  for (Table& tab : tables_) tab.proj.generation = generation_;
   int32_t rank = 0;
   for (Entry* e : slots_) {
     if (e != nullptr) rank = std::max(rank, e->adapter->max_rank());

@@ -129,6 +129,7 @@ class AdapterStore {
   uint64_t registrations_ = 0;  // the last registration() handed out
   std::vector<Table> tables_;
   std::atomic<int32_t> max_rank_{0};
+  uint64_t generation_ = 0;  // bumped on every slot change (LoraProjection::generation)
   Ops* backend_ = nullptr;                 // use_backend's; nullptr: host tensors in place
   std::vector<OwnedTensor> device_slots_;  // per slot: its adapter's tensors in device memory
 };

@@ -96,7 +96,7 @@ void LlamaModel::upload_step(const StepBatch& step) {
   ops_.upload(host, step_device_.view().slice_cols(0, std::max<int64_t>(at, 1)));
 }
 
-Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
+void LlamaModel::validate(const StepBatch& step, const KVCache& cache) {
   const ModelConfig& c = config();
   const int64_t n = static_cast<int64_t>(step.token_ids.size());
   const int64_t num_seqs = static_cast<int64_t>(step.context_len.size());
@@ -131,7 +131,6 @@ Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
     MIL_CHECK(p >= 0 && p < c.max_position_embeddings, "position {} is outside the model's {} "
               "positions", p, c.max_position_embeddings);
   }
-  const int64_t m = static_cast<int64_t>(step.logit_rows.size());
   for (int32_t row : step.logit_rows) {
     MIL_CHECK(row >= 0 && row < n, "logit row {} is outside the step", row);
   }
@@ -153,10 +152,63 @@ Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
     if (lora_v_.view().cols < rank) lora_v_ = ops_.allocate(DType::F32, max_tokens_, rank);
     num_segments_ = static_cast<int32_t>(step.lora_segments.size());
   }
-  upload_step(step);
+}
 
-  const AttentionBatch batch{static_cast<int32_t>(num_seqs), d_query_start_, d_context_len_,
-                             d_block_table_, step.max_blocks_per_seq, cache.block_size()};
+Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache, LogitsOn where) {
+  validate(step, cache);
+  // The staging buffers are about to be rewritten: the last step must have read them.
+  if (pending_sync_) {
+    ops_.synchronize();
+    pending_sync_ = false;
+  }
+  const int64_t n = static_cast<int64_t>(step.token_ids.size());
+  const int64_t m = static_cast<int64_t>(step.logit_rows.size());
+  const int g = graph_for(step, cache);
+  last_graph_batch_ = g >= 0 ? graphs_[g].batch : 0;
+  if (g >= 0) {
+    upload_graph_step(&step, graphs_[g].batch);
+    graphs_[g].graph->launch();
+    return finish(graph_logits_.view().slice_rows(0, m), where);
+  }
+
+  upload_step(step);
+  const AttentionBatch batch{static_cast<int32_t>(step.context_len.size()), d_query_start_,
+                             d_context_len_, d_block_table_, step.max_blocks_per_seq,
+                             cache.block_size()};
+  if (m > 0 && logits_.view().rows < m) {
+    logits_ = ops_.allocate(DType::F32, m, weights_.dims().vocab);
+    logit_input_ = ops_.allocate(ops_.activation_dtype(), m, config().hidden_size);
+  }
+  const Tensor gathered = m > 0 ? logit_input_.view().slice_rows(0, m) : Tensor{};
+  const Tensor logits = m > 0 ? logits_.view().slice_rows(0, m) : Tensor{};
+  run_body(n, batch, cache, gathered, logits);
+  return finish(logits, where);
+}
+
+Tensor LlamaModel::finish(const Tensor& logits, LogitsOn where) {
+  if (logits.rows == 0) {
+    ops_.synchronize();  // the staging buffer of the step's arrays is reused by the next step
+    return {};
+  }
+  if (logits.device == Device::CPU) {
+    ops_.synchronize();
+    return logits;
+  }
+  if (where == LogitsOn::Device) {
+    pending_sync_ = true;
+    return logits;
+  }
+  const int64_t m = logits.rows;
+  if (host_logits_.view().rows < m) host_logits_ = ops_.allocate_host(DType::F32, m, logits.cols);
+  const Tensor host = host_logits_.view().slice_rows(0, m);
+  ops_.download(logits, host.data);
+  ops_.synchronize();
+  return host;
+}
+
+void LlamaModel::run_body(int64_t n, const AttentionBatch& batch, const KVCache& cache,
+                          const Tensor& gathered, const Tensor& logits) {
+  const ModelConfig& c = config();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const Tensor hidden = hidden_.view().slice_rows(0, n);
   const Tensor normed = normed_.view().slice_rows(0, n);
@@ -174,30 +226,154 @@ Tensor LlamaModel::forward(const StepBatch& step, const KVCache& cache) {
       ops_.add(hidden, out, hidden);
     }
   }
-
+  if (logits.rows == 0) return;
   // Final norm and lm_head only for the rows whose logits are wanted.
-  if (m == 0) {
-    ops_.synchronize();  // the staging buffer of the step's arrays is reused by the next step
-    return {};
-  }
-  if (logits_.view().rows < m) {
-    logits_ = ops_.allocate(DType::F32, m, weights_.dims().vocab);
-    logit_input_ = ops_.allocate(ops_.activation_dtype(), m, c.hidden_size);
-  }
-  const Tensor gathered = logit_input_.view().slice_rows(0, m);
   ops_.embedding(hidden, d_logit_rows_, gathered);  // a row gather
   ops_.rmsnorm(gathered, weights_.final_norm, eps, gathered);
-  const Tensor logits = logits_.view().slice_rows(0, m);
   ops_.matmul(gathered, weights_.lm_head, logits);
-  if (logits.device == Device::CPU) {
-    ops_.synchronize();
-    return logits;
+}
+
+// --- Decode graphs -------------------------------------------------------------------------
+
+std::vector<int32_t> LlamaModel::decode_graph_batch_sizes() const {
+  std::vector<int32_t> sizes;
+  for (const DecodeGraph& g : graphs_) sizes.push_back(g.batch);
+  return sizes;
+}
+
+int64_t LlamaModel::graph_step_ints(int32_t b) const {
+  // ids, positions, slots, query_start (b + 1), context_len, block_table, logit_rows
+  return int64_t{6} * b + 1 + int64_t{b} * graph_max_blocks_;
+}
+
+void LlamaModel::point_at_graph_layout(int32_t b) {
+  const auto* dev = graph_device_.view().ptr<const int32_t>();
+  d_ids_ = dev;
+  d_positions_ = dev + b;
+  d_slots_ = dev + 2 * b;
+  d_query_start_ = dev + 3 * b;
+  d_context_len_ = dev + 4 * b + 1;
+  d_block_table_ = dev + 5 * b + 1;
+  d_logit_rows_ = dev + 5 * b + 1 + int64_t{b} * graph_max_blocks_;
+  d_segments_ = nullptr;
+}
+
+AttentionBatch LlamaModel::graph_batch(int32_t b, const KVCache& cache) const {
+  return AttentionBatch{b, d_query_start_, d_context_len_, d_block_table_, graph_max_blocks_,
+                        cache.block_size()};
+}
+
+void LlamaModel::upload_graph_step(const StepBatch* step, int32_t b) {
+  const int32_t n = step != nullptr ? static_cast<int32_t>(step->token_ids.size()) : 0;
+  const int32_t w = graph_max_blocks_;
+  int32_t* h = graph_host_.ptr<int32_t>();
+  int32_t* ids = h;
+  int32_t* positions = h + b;
+  int32_t* slots = h + 2 * b;
+  int32_t* query_start = h + 3 * b;
+  int32_t* context_len = h + 4 * b + 1;
+  int32_t* block_table = h + 5 * b + 1;
+  int32_t* logit_rows = block_table + int64_t{b} * w;
+  for (int32_t i = 0; i < b; ++i) {
+    const bool real = i < n;
+    ids[i] = real ? step->token_ids[i] : 0;
+    positions[i] = real ? step->positions[i] : 0;
+    slots[i] = real ? step->slots[i] : -1;  // kv_store drops negative slots
+    query_start[i] = i;
+    context_len[i] = real ? step->context_len[i] : 1;
+    int32_t* row = block_table + int64_t{i} * w;
+    int32_t filled = 0;
+    if (real) {
+      filled = step->max_blocks_per_seq;
+      std::memcpy(row, step->block_table.data() + int64_t{i} * filled,
+                  static_cast<size_t>(filled) * sizeof(int32_t));
+    }
+    std::fill(row + filled, row + w, 0);
+    logit_rows[i] = i;
   }
-  if (host_logits_.view().rows < m) host_logits_ = ops_.allocate_host(DType::F32, m, logits.cols);
-  const Tensor host = host_logits_.view().slice_rows(0, m);
-  ops_.download(logits, host.data);
-  ops_.synchronize();
-  return host;
+  query_start[b] = b;
+  ops_.upload(h, graph_device_.view().slice_cols(0, graph_step_ints(b)));
+  point_at_graph_layout(b);
+}
+
+int LlamaModel::graph_for(const StepBatch& step, const KVCache& cache) const {
+  if (!graphs_enabled_ || graphs_.empty() || num_segments_ > 0) return -1;
+  if (cache.keys(0).data != graph_cache_ || cache.num_blocks() != graph_cache_blocks_) return -1;
+  const size_t n = step.token_ids.size();
+  if (step.context_len.size() != n || step.logit_rows.size() != n ||
+      step.max_blocks_per_seq > graph_max_blocks_) {
+    return -1;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (step.query_start[i] != static_cast<int32_t>(i) || step.logit_rows[i] != static_cast<int32_t>(i)) {
+      return -1;
+    }
+  }
+  for (size_t g = 0; g < graphs_.size(); ++g) {
+    if (static_cast<size_t>(graphs_[g].batch) >= n) return static_cast<int>(g);
+  }
+  return -1;
+}
+
+int LlamaModel::capture_decode_graphs(const KVCache& cache, std::vector<int32_t> batch_sizes,
+                                      int32_t max_blocks_per_seq) {
+  graphs_.clear();
+  graph_cache_ = nullptr;
+  if (!graphs_enabled_ || !ops_.supports_graphs()) return 0;
+  std::sort(batch_sizes.begin(), batch_sizes.end());
+  batch_sizes.erase(std::unique(batch_sizes.begin(), batch_sizes.end()), batch_sizes.end());
+  std::erase_if(batch_sizes, [&](int32_t b) { return b <= 0 || b > max_tokens_; });
+  if (batch_sizes.empty()) return 0;
+  MIL_CHECK(cache.num_blocks() > 0, "decode graphs: the KV cache has no blocks");
+  if (pending_sync_) {
+    ops_.synchronize();
+    pending_sync_ = false;
+  }
+  graph_max_blocks_ = std::max<int32_t>(max_blocks_per_seq, 1);
+  const int32_t most = batch_sizes.back();
+  const int64_t ints = graph_step_ints(most);
+  if (graph_host_.view().cols < ints) {
+    graph_host_ = ops_.allocate_host(DType::I32, 1, ints);
+    graph_device_ = ops_.allocate(DType::I32, 1, ints);
+  }
+  if (graph_logits_.view().rows < most) {
+    graph_logits_ = ops_.allocate(DType::F32, most, weights_.dims().vocab);
+    graph_logit_input_ = ops_.allocate(ops_.activation_dtype(), most, config().hidden_size);
+  }
+  num_segments_ = 0;
+  // Warm-up: every size once eagerly (plans, workspaces at their final sizes), all padding.
+  for (int32_t b : batch_sizes) {
+    upload_graph_step(nullptr, b);
+    run_body(b, graph_batch(b, cache), cache, graph_logit_input_.view().slice_rows(0, b),
+             graph_logits_.view().slice_rows(0, b));
+    ops_.synchronize();
+  }
+  for (int32_t b : batch_sizes) {
+    point_at_graph_layout(b);
+    ops_.begin_capture();
+    try {
+      run_body(b, graph_batch(b, cache), cache, graph_logit_input_.view().slice_rows(0, b),
+               graph_logits_.view().slice_rows(0, b));
+    } catch (...) {
+      try {
+        (void)ops_.end_capture();
+      } catch (...) {
+      }
+      graphs_.clear();
+      throw;
+    }
+    graphs_.push_back(DecodeGraph{b, ops_.end_capture()});
+  }
+  graph_cache_ = cache.keys(0).data;
+  graph_cache_blocks_ = cache.num_blocks();
+  return static_cast<int>(graphs_.size());
+}
+
+void LlamaModel::release_decode_graphs(const KVCache& cache) {
+  if (cache.num_blocks() > 0 && cache.keys(0).data == graph_cache_) {
+    graphs_.clear();
+    graph_cache_ = nullptr;
+  }
 }
 
 void LlamaModel::attention_block(const LayerWeights& l, int64_t layer, int64_t n,

@@ -7,6 +7,17 @@
 // the weights are fused (LlamaWeights::to_device) and by one matmul each otherwise; each
 // target's LoRA goes to its own column range. Activations, the step's index arrays and the
 // logits live in the backend's memory (activation_dtype(); logits f32).
+//
+// Decode graphs (backends that capture graphs: CUDA). capture_decode_graphs() records the
+// whole decode step (embedding, all layers, final norm, lm_head of every row) once per batch
+// size of a set, for one KV cache. A later step in which every sequence has exactly one new
+// token (and wants its logits), no row names an adapter and the batch fits a captured size
+// runs as the graph of the smallest captured size >= its batch: the host writes the step's
+// arrays into fixed buffers at the fixed offsets of that size's layout (block tables padded
+// to the captured max_blocks_per_seq) and uploads them in one copy before the launch. Padding
+// rows read token 0 at position 0 with context length 1 (one key of block 0, read only) and
+// KV slot -1, which kv_store drops, so they write nothing outside their own activation rows.
+// Prefill, mixed and LoRA steps run eagerly, as on the CPU.
 #pragma once
 
 #include <vector>
@@ -33,6 +44,9 @@ struct StepBatch {
   std::vector<LoraSegment> lora_segments;
 };
 
+// Where forward() leaves the logits.
+enum class LogitsOn { Host, Device };
+
 class LlamaModel {
  public:
   // `adapters` (optional) holds the LoRA adapters that steps may name by slot. The weights
@@ -49,8 +63,28 @@ class LlamaModel {
   int64_t kv_bytes_per_block(int32_t block_size) const;
 
   // Logits [step.logit_rows.size(), vocab], f32 in HOST memory (downloaded from the device
-  // when the backend has one), valid until the next call.
-  Tensor forward(const StepBatch& step, const KVCache& cache);
+  // when the backend has one), valid until the next call. LogitsOn::Device leaves them in
+  // the backend's memory without waiting for the step (the caller synchronizes before it
+  // reads anything the step produced; the next forward waits for it).
+  Tensor forward(const StepBatch& step, const KVCache& cache, LogitsOn where = LogitsOn::Host);
+
+  // Default batch sizes of the decode graphs.
+  static std::vector<int32_t> default_graph_batch_sizes() { return {1, 2, 4, 8, 16, 32, 64, 128}; }
+  // Captures the decode graphs for `cache` (see the top of this file), replacing earlier
+  // ones: sizes above max_tokens_per_step are dropped; steps whose block tables are wider
+  // than max_blocks_per_seq run eagerly. Runs each size once eagerly first (warm-up, sizing
+  // the backend's workspaces). Returns the number of graphs: 0 when the backend cannot
+  // capture or graphs are disabled.
+  int capture_decode_graphs(const KVCache& cache, std::vector<int32_t> batch_sizes,
+                            int32_t max_blocks_per_seq);
+  // Drops the graphs if they were captured for `cache` (before it goes away).
+  void release_decode_graphs(const KVCache& cache);
+  // Off: no graph is captured or run (on by default).
+  void set_decode_graphs_enabled(bool on) { graphs_enabled_ = on; }
+  bool decode_graphs_enabled() const { return graphs_enabled_; }
+  std::vector<int32_t> decode_graph_batch_sizes() const;
+  // The graph size the last forward ran as (0: it ran eagerly).
+  int32_t last_graph_batch() const { return last_graph_batch_; }
 
  private:
   void attention_block(const LayerWeights& l, int64_t layer, int64_t n,
@@ -62,6 +96,20 @@ class LlamaModel {
   void lora(const Tensor& x, const Tensor& y, int64_t layer, LoraTarget target);
   // Copies the step's index arrays into one host staging buffer and uploads it.
   void upload_step(const StepBatch& step);
+  void validate(const StepBatch& step, const KVCache& cache);
+  // Embedding, the layers, then the final norm and lm_head of the `m` rows d_logit_rows_
+  // names into `logits` (gathered: their normalised hidden rows). Reads only the d_* arrays.
+  void run_body(int64_t n, const AttentionBatch& batch, const KVCache& cache,
+                const Tensor& gathered, const Tensor& logits);
+  // Decode graphs: the index of the graph that runs `step` (-1: run it eagerly).
+  int graph_for(const StepBatch& step, const KVCache& cache) const;
+  // The fixed layout of a graph step of `b` rows in graph_device_ (sets the d_* pointers).
+  void point_at_graph_layout(int32_t b);
+  int64_t graph_step_ints(int32_t b) const;
+  // Writes `step` (or, with nullptr, only padding rows) in the layout of `b` rows and uploads it.
+  void upload_graph_step(const StepBatch* step, int32_t b);
+  AttentionBatch graph_batch(int32_t b, const KVCache& cache) const;
+  Tensor finish(const Tensor& logits, LogitsOn where);
 
   const LlamaWeights& weights_;
   Ops& ops_;
@@ -87,6 +135,19 @@ class LlamaModel {
   const int32_t* d_logit_rows_ = nullptr;
   const LoraSegment* d_segments_ = nullptr;
   int32_t num_segments_ = 0;  // > 0 only when some row has an adapter
+  bool pending_sync_ = false;  // the last step left its logits on the device unwaited
+
+  struct DecodeGraph {
+    int32_t batch = 0;
+    std::unique_ptr<OpsGraph> graph;
+  };
+  bool graphs_enabled_ = true;
+  int32_t last_graph_batch_ = 0;
+  std::vector<DecodeGraph> graphs_;  // ascending batch sizes
+  const void* graph_cache_ = nullptr;  // keys(0) of the cache the graphs were captured for
+  int64_t graph_cache_blocks_ = 0;
+  int32_t graph_max_blocks_ = 0;
+  OwnedTensor graph_host_, graph_device_, graph_logits_, graph_logit_input_;
 };
 
 }  // namespace mil

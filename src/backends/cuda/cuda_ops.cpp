@@ -4,6 +4,9 @@
 #include "backends/cuda/cuda_ops.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backends/cuda/blas.h"
@@ -46,6 +49,28 @@ void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const ch
 }
 
 Mat mat(const Tensor& t) { return Mat{t.data, t.rows, t.cols, t.row_stride, t.dtype}; }
+
+// An instantiated CUDA graph replayed on the backend's stream. While any is alive the
+// backend's workspaces must not move (they are baked into the graph's launches).
+class CudaGraph final : public OpsGraph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream, int* live)
+      : exec_(exec), stream_(stream), live_(live) {
+    ++*live_;
+  }
+  ~CudaGraph() override {
+    (void)cudaGraphExecDestroy(exec_);
+    --*live_;
+  }
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void launch() override { MIL_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+  int* live_;
+};
 
 constexpr std::initializer_list<DType> kAct = {DType::BF16};
 constexpr std::initializer_list<DType> kActOrF32 = {DType::BF16, DType::F32};
@@ -101,6 +126,7 @@ class CudaOps final : public Ops {
     check_device(dst, "upload", "dst");
     if (dst.rows == 0 || dst.cols == 0) return;
     MIL_CHECK(src != nullptr, "upload: no source");
+    MIL_CHECK(!capturing_, "upload: not allowed while capturing a graph");
     const size_t width = row_bytes(dst.dtype, dst.cols);
     set_device();
     MIL_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.rows <= 1 ? width : dst.row_stride, src, width,
@@ -112,6 +138,7 @@ class CudaOps final : public Ops {
     check_device(src, "download", "src");
     if (src.rows == 0 || src.cols == 0) return;
     MIL_CHECK(dst != nullptr, "download: no destination");
+    MIL_CHECK(!capturing_, "download: not allowed while capturing a graph");
     const size_t width = row_bytes(src.dtype, src.cols);
     set_device();
     MIL_CUDA_CHECK(cudaMemcpy2DAsync(dst, width, src.data, src.rows <= 1 ? width : src.row_stride,
@@ -120,8 +147,30 @@ class CudaOps final : public Ops {
   }
 
   void synchronize() override {
+    MIL_CHECK(!capturing_, "synchronize: not allowed while capturing a graph");
     set_device();
     MIL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  bool supports_graphs() const override { return true; }
+
+  void begin_capture() override {
+    MIL_CHECK(!capturing_, "begin_capture: a capture is already under way");
+    set_device();
+    MIL_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+
+  std::unique_ptr<OpsGraph> end_capture() override {
+    MIL_CHECK(capturing_, "end_capture: no capture is under way");
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    MIL_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    MIL_CUDA_CHECK(err);
+    return std::make_unique<CudaGraph>(exec, stream_, &live_graphs_);
   }
 
   bool memory_info(size_t* free_bytes, size_t* total_bytes) const override {
@@ -175,12 +224,12 @@ class CudaOps final : public Ops {
     if (w.dtype == DType::F16) {
       // cuBLAS has no F16 x BF16 product: x goes to F16 (activations fit its range), the
       // product to F32, then to y's dtype.
-      auto* x16 = static_cast<uint16_t*>(ws_f16_.ensure(x.rows * x.cols * 2));
+      auto* x16 = static_cast<uint16_t*>(workspace(ws_f16_, x.rows * x.cols * 2, "matmul (f16)"));
       launch_bf16_to_f16(mat(x), x16, x.cols, stream_);
       MIL_CUDA_CHECK_LAUNCH();
       float* y32 = y.dtype == DType::F32 && y.is_contiguous()
                        ? y.ptr<float>()
-                       : static_cast<float*>(ws_f32_.ensure(y.rows * y.cols * 4));
+                       : static_cast<float*>(workspace(ws_f32_, y.rows * y.cols * 4, "matmul (f16)"));
       GemmArgs a;
       a.w = w.data;
       a.x = x16;
@@ -282,7 +331,12 @@ class CudaOps final : public Ops {
               "attention: {} heads / {} kv heads", heads, kv_heads);
     // The tuned kernel takes head_dim 64/128 with GQA ratios up to 8; other shapes (up to
     // head_dim 256) take the generic one.
-    const bool tuned = (dim == 64 || dim == 128) && heads / kv_heads <= 8;
+    // MIL_ATTN_KERNEL=generic sends every shape to the generic kernel (a cross-check).
+    static const bool force_generic = [] {
+      const char* e = std::getenv("MIL_ATTN_KERNEL");
+      return e != nullptr && std::string(e) == "generic";
+    }();
+    const bool tuned = !force_generic && (dim == 64 || dim == 128) && heads / kv_heads <= 8;
     MIL_CHECK(tuned || (dim > 0 && dim % 2 == 0 && dim <= kGenericAttentionMaxDim),
               "attention: head_dim {} (CUDA takes even head dims up to {})", dim,
               kGenericAttentionMaxDim);
@@ -329,7 +383,7 @@ class CudaOps final : public Ops {
     a.splits = splits;
     if (splits > 1) {
       const size_t floats = attention_partials_floats(a.num_rows, heads, dim, splits);
-      a.partials = static_cast<float*>(ws_attn_.ensure(floats * sizeof(float)));
+      a.partials = static_cast<float*>(workspace(ws_attn_, floats * sizeof(float), "attention"));
     }
     launch_attention(a, stream_);
     MIL_CUDA_CHECK_LAUNCH();
@@ -362,9 +416,12 @@ class CudaOps final : public Ops {
     check_dtype(x, kAct, "lora_shrink", "x");
     check_dtype(v, {DType::F32}, "lora_shrink", "v");
     MIL_CHECK(v.rows == x.rows, "lora_shrink: v is {} for {} rows", shape_string(v), x.rows);
-    const int32_t max_rank = upload_slots("lora_shrink", proj, num_segments, segments, x.cols, -1, v);
+    const LoraSlot* table = nullptr;
+    const int32_t max_rank =
+        slot_table("lora_shrink", proj, num_segments, segments, x.cols, -1, v, &table);
+    if (max_rank == 0) return;
     set_device();
-    launch_lora_shrink(mat(x), static_cast<const LoraSlot*>(ws_slots_.data()), proj.num_slots,
+    launch_lora_shrink(mat(x), table, proj.num_slots,
                        segments, num_segments, max_rank, mat(v), stream_);
     MIL_CUDA_CHECK_LAUNCH();
   }
@@ -374,9 +431,12 @@ class CudaOps final : public Ops {
     check_dtype(y, kActOrF32, "lora_expand", "y");
     check_dtype(v, {DType::F32}, "lora_expand", "v");
     MIL_CHECK(v.rows == y.rows, "lora_expand: v is {} for {} rows", shape_string(v), y.rows);
-    const int32_t max_rank = upload_slots("lora_expand", proj, num_segments, segments, -1, y.cols, v);
+    const LoraSlot* table = nullptr;
+    const int32_t max_rank =
+        slot_table("lora_expand", proj, num_segments, segments, -1, y.cols, v, &table);
+    if (max_rank == 0) return;
     set_device();
-    launch_lora_expand(mat(v), static_cast<const LoraSlot*>(ws_slots_.data()), proj.num_slots,
+    launch_lora_expand(mat(v), table, proj.num_slots,
                        segments, num_segments, max_rank, mat(y), stream_);
     MIL_CUDA_CHECK_LAUNCH();
   }
@@ -401,7 +461,7 @@ class CudaOps final : public Ops {
     if (logits.rows == 0) return;
     set_device();
     const size_t bytes = sample_workspace_bytes(logits.rows, logits.cols);
-    void* ws = ws_sample_.ensure(bytes);
+    void* ws = workspace(ws_sample_, bytes, "sample");
     launch_sample(mat(logits), params, uniforms, out, ws, ws_sample_.size(), stream_);
     MIL_CUDA_CHECK_LAUNCH();
   }
@@ -413,13 +473,62 @@ class CudaOps final : public Ops {
     return t.rows <= 1 ? t.cols : static_cast<int64_t>(t.row_stride / (t.dtype == DType::F32 ? 4 : 2));
   }
 
-  // Checks the projection's slots (host arrays) and uploads their pointers, ranks and scales
-  // for the kernels. Returns the largest rank in use (0: nothing to do).
-  int32_t upload_slots(const char* op, const LoraProjection& p, int32_t num_segments,
-                       const LoraSegment* segments, int64_t in_cols, int64_t out_cols,
-                       const Tensor& v) {
+  // A workspace of at least `bytes`. Growing frees the old one, so it is refused while a
+  // capture is under way or a captured graph (which baked the old address in) is alive.
+  void* workspace(DeviceBuffer& buf, size_t bytes, const char* op) {
+    if (bytes <= buf.size()) return buf.data();
+    MIL_CHECK(!capturing_,
+              "{}: its workspace must grow from {} to {} bytes inside a graph capture (run every "
+              "captured shape eagerly before capturing)",
+              op, buf.size(), bytes);
+    // Live graphs keep the old address: it stays allocated (retired) until the backend goes.
+    if (live_graphs_ > 0 && buf.size() > 0) retired_.push_back(std::move(buf));
+    return buf.ensure(bytes);
+  }
+
+  // The device copy of the projection's slot table (pointers, ranks, scales), kept per
+  // projection and refreshed only when its generation moves (or is 0: unknown). Checks the
+  // shapes of the slots in use against the call. Returns the largest rank (0: nothing to do).
+  int32_t slot_table(const char* op, const LoraProjection& p, int32_t num_segments,
+                     const LoraSegment* segments, int64_t in_cols, int64_t out_cols,
+                     const Tensor& v, const LoraSlot** table) {
     MIL_CHECK(num_segments >= 0, "{}: {} segments", op, num_segments);
     MIL_CHECK(num_segments == 0 || segments != nullptr, "{}: no segments", op);
+    if (num_segments == 0 || p.num_slots == 0) return 0;
+    CachedSlots& c = slot_tables_[p.a];
+    if (p.generation == 0 || c.generation != p.generation || c.num_slots != p.num_slots) {
+      MIL_CHECK(!capturing_, "{}: the LoRA slot table changed while capturing a graph", op);
+      c.max_rank = build_slots(op, p, in_cols, out_cols);
+      c.generation = p.generation;
+      c.num_slots = p.num_slots;
+      if (c.max_rank > 0) {
+        const size_t bytes = slots_scratch_.size() * sizeof(LoraSlot);
+        if (c.table.size() < bytes) {
+          if (live_graphs_ > 0 && c.table.size() > 0) retired_.push_back(std::move(c.table));
+          c.table.reset(bytes);
+        }
+        set_device();
+        MIL_CUDA_CHECK(cudaMemcpyAsync(c.table.data(), slots_scratch_.data(), bytes,
+                                       cudaMemcpyHostToDevice, stream_));
+      }
+      c.in_cols = in_cols;
+      c.out_cols = out_cols;
+    } else if ((in_cols >= 0 && c.in_cols < 0) || (out_cols >= 0 && c.out_cols < 0)) {
+      build_slots(op, p, in_cols, out_cols);  // the side this table was not yet checked for
+      c.in_cols = std::max(c.in_cols, in_cols);
+      c.out_cols = std::max(c.out_cols, out_cols);
+    }
+    MIL_CHECK((in_cols < 0 || c.in_cols < 0 || c.in_cols == in_cols) &&
+                  (out_cols < 0 || c.out_cols < 0 || c.out_cols == out_cols),
+              "{}: the projection's adapters do not fit x/y", op);
+    MIL_CHECK(c.max_rank <= v.cols, "{}: rank {} but v has {} columns", op, c.max_rank, v.cols);
+    *table = static_cast<const LoraSlot*>(c.table.data());
+    return c.max_rank;
+  }
+
+  // Checks the projection's slots (host arrays) and writes their pointers, ranks and scales
+  // to slots_scratch_. Returns the largest rank.
+  int32_t build_slots(const char* op, const LoraProjection& p, int64_t in_cols, int64_t out_cols) {
     MIL_CHECK(p.num_slots >= 0, "{}: {} adapter slots", op, p.num_slots);
     MIL_CHECK(p.num_slots == 0 || (p.a != nullptr && p.b != nullptr && p.scale != nullptr),
               "{}: the projection has {} slots but no a/b/scale arrays", op, p.num_slots);
@@ -437,8 +546,6 @@ class CudaOps final : public Ops {
       MIL_CHECK(b.cols == a.rows && (out_cols < 0 || b.rows == out_cols),
                 "{}: slot {} has a {} and b {} (y has {} columns)", op, s, shape_string(a),
                 shape_string(b), out_cols);
-      MIL_CHECK(a.rows <= v.cols, "{}: slot {} has rank {} but v has {} columns", op, s, a.rows,
-                v.cols);
       LoraSlot& sl = slots[static_cast<size_t>(s)];
       sl.a = a.ptr<const float>();
       sl.b = b.ptr<const float>();
@@ -448,11 +555,6 @@ class CudaOps final : public Ops {
       sl.scale = p.scale[s];
       max_rank = std::max(max_rank, sl.rank);
     }
-    if (max_rank == 0 || num_segments == 0) return 0;
-    set_device();
-    void* dst = ws_slots_.ensure(slots.size() * sizeof(LoraSlot));
-    MIL_CUDA_CHECK(cudaMemcpyAsync(dst, slots.data(), slots.size() * sizeof(LoraSlot),
-                                   cudaMemcpyHostToDevice, stream_));
     return max_rank;
   }
 
@@ -461,8 +563,20 @@ class CudaOps final : public Ops {
   cudaStream_t stream_ = nullptr;
   int sms_ = 0;
   std::unique_ptr<Blas> blas_;
-  DeviceBuffer ws_f16_, ws_f32_, ws_attn_, ws_slots_, ws_sample_;
+  DeviceBuffer ws_f16_, ws_f32_, ws_attn_, ws_sample_;
   std::vector<LoraSlot> slots_scratch_;
+  struct CachedSlots {
+    uint64_t generation = 0;
+    int32_t num_slots = 0;
+    int32_t max_rank = 0;
+    int64_t in_cols = -1, out_cols = -1;
+    DeviceBuffer table;
+  };
+  // Keyed by the projection's (stable) host array of a tensors.
+  std::unordered_map<const Tensor*, CachedSlots> slot_tables_;
+  std::vector<DeviceBuffer> retired_;  // outgrown workspaces that live graphs may still use
+  bool capturing_ = false;
+  int live_graphs_ = 0;
 };
 
 }  // namespace

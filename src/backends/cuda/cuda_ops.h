@@ -14,7 +14,8 @@
 //   are F32 (norm weights and biases may be BF16). LoRA a/b are F32, v is F32.
 // - KV caches are BF16, [slots, kv_heads * head_dim], row stride a multiple of 16 bytes.
 //   Attention: a tuned kernel for head_dim 64 and 128 with GQA ratios up to 8, a generic
-//   one (one warp per row and head) for other even head dims up to 256.
+//   one (one warp per row and head) for other even head dims up to 256 (for every shape
+//   with MIL_ATTN_KERNEL=generic, a cross-check).
 // - Memory: allocate() is cudaMalloc, allocate_host() pinned host memory (cudaMallocHost);
 //   upload/download are cudaMemcpy2DAsync on the backend's stream.
 // - Pointer arguments: per-token and per-sequence arrays are DEVICE pointers: embedding ids,
@@ -22,11 +23,15 @@
 //   out, sample params and uniforms. They are not validated on the host: out-of-range ids,
 //   slots or block ids are skipped by the kernels (no out-of-bounds access), never reported.
 //   LoraProjection's a/b/scale arrays are HOST arrays (the adapter store's slot table) whose
-//   tensors point to device memory; each LoRA call uploads a small slot table.
+//   tensors point to device memory; the backend keeps a device copy of each projection's
+//   slot table and re-uploads it only when LoraProjection::generation moves (0: every call).
 // - Ops are asynchronous on the backend's stream (a blocking stream, so plain cudaMemcpy on
 //   the legacy default stream orders with them). Every CUDA call and launch is checked.
-// Not yet graph-safe: workspaces grow on demand and LoRA slot tables are uploaded per call
-// (the plan/run split for CUDA graphs is the next step).
+// - Graphs (Ops::begin_capture/end_capture): stream capture into a cudaGraphExec replayed on
+//   the backend's stream. Workspaces (attention split-KV partials, f16 staging, sampling,
+//   LoRA slot tables) never grow inside a capture (an error says so: the caller runs every
+//   shape it captures eagerly first, which sizes them); one that grows while a graph is alive
+//   keeps its old allocation for the graph. upload/download/synchronize fail inside a capture.
 #pragma once
 
 #include <memory>
