@@ -196,10 +196,12 @@ def tiny_specs():
         hidden_act="silu",
     )
 
-    def spec(name, arch="llama", dtype="float32", shard=None, lens=(5, 17, 40), cfg_format="legacy", **over):
+    def spec(name, arch="llama", dtype="float32", shard=None, lens=(5, 17, 40), cfg_format="legacy",
+             logit_positions=None, **over):
         c = dict(base)
         c.update(over)
-        return dict(name=name, arch=arch, dtype=dtype, shard=shard, lens=lens, cfg=c, cfg_format=cfg_format)
+        return dict(name=name, arch=arch, dtype=dtype, shard=shard, lens=lens, cfg=c, cfg_format=cfg_format,
+                    logit_positions=logit_positions)
 
     return [
         spec("llama_gqa", num_hidden_layers=3),
@@ -225,6 +227,15 @@ def tiny_specs():
         spec("mistral", arch="mistral", sliding_window=None),
         spec("bf16_sharded", dtype="bfloat16", shard="150KB", num_hidden_layers=3),
         spec("f16", dtype="float16"),
+        # Llama-3-8B's attention geometry over a long context: head_dim 128 (explicit, as the
+        # 8B config.json has it), rope_theta 500000, 8192 positions, transformers-5 config,
+        # one 600-token sequence (38 blocks of 16, chunked prefill in the test). Logits are
+        # stored at a subset of positions only (fixture size), most of them past 256.
+        spec("long_context_rope", vocab_size=256, hidden_size=64, intermediate_size=96,
+             num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=500000.0,
+             max_position_embeddings=8192, lens=(600,), cfg_format="rope_parameters",
+             logit_positions=[0, 1, 15, 16, 63, 64, 127, 255, 256, 257, 300, 383, 384, 450, 511, 512,
+                              555, 597, 598, 599]),
     ]
 
 
@@ -350,7 +361,12 @@ def make_tiny(torch, device, out_root: str, only_names=None):
             ids = rng.randint(0, vocab, size=L).tolist()
             lg = forward_logits(torch, ref, ids, device)
             min_spread = min(min_spread, logits_stats(lg))
-            seqs.append({"ids": ids, "logits": [r6_list(row) for row in lg]})
+            positions = spec["logit_positions"]
+            if positions is None:
+                seqs.append({"ids": ids, "logits": [r6_list(row) for row in lg]})
+            else:  # logits at these positions only (the whole sequence is still run)
+                check(all(0 <= p < L for p in positions), f"{name}: logit_positions outside {L}")
+                seqs.append({"ids": ids, "positions": positions, "logits": [r6_list(lg[p]) for p in positions]})
         check(min_spread > 1.0, f"{name}: degenerate logits (min spread {min_spread:.3f})")
 
         prompt, new, margins = pick_greedy_prompt(torch, ref, vocab, device, rng, GREEDY_NEW_TOKENS)
@@ -848,6 +864,8 @@ def np_crosscheck(torch, gguf, out_root: str, default_gguf: str | None, parts: s
         worst = 0.0
         for s in golden["sequences"]:
             lg = np_forward(W, c, s["ids"], interleaved)
+            if "positions" in s:
+                lg = lg[s["positions"]]
             if "logits" in s:
                 worst = max(worst, float(np.abs(lg - np.array(s["logits"])).max()))
             else:

@@ -63,6 +63,14 @@ def build_model(layers=32, seed=0, device="cuda"):
     finally:
         torch.set_default_dtype(old)
     model = model.to(torch.bfloat16).eval()
+    # .to(bf16) also rounds the rotary inv_freq buffers to bf16 (angle error ~0.1 rad at
+    # position 64, ~0.5 rad at 300); from_pretrained keeps them f32. Restore the f32 table.
+    for mod in model.modules():
+        if hasattr(mod, "inv_freq") and hasattr(mod, "compute_default_rope_parameters"):
+            inv, _ = mod.compute_default_rope_parameters(mod.config, mod.inv_freq.device)
+            mod.inv_freq = inv.float()
+            if hasattr(mod, "original_inv_freq"):
+                mod.original_inv_freq = inv.float()
     if hasattr(model.config, "dtype"):  # transformers 5 (torch_dtype is deprecated there)
         model.config.dtype = torch.bfloat16
     else:
