@@ -158,6 +158,9 @@ class Generation : public std::enable_shared_from_this<Generation> {
   // refuses one (the ones already submitted are cancelled and the run ends without on_done),
   // unless the run had already ended (an earlier prompt failed: on_done answered; or cancel()).
   void start(Engine& engine, std::vector<EngineRequest> requests);
+  // A whole (non-streaming) response's run: the client going away cancels it (at once if it is
+  // gone already; nothing is answered then), and an engine refusal is a 422 (ApiError).
+  void start_answering(Responder& responder, Engine& engine, std::vector<EngineRequest> requests);
   // The client went away: cancels the engine requests, ends the run, releases the slot (counted
   // as the failure "cancelled"); on_done is not called, so nothing is answered afterwards.
   void cancel();

@@ -67,6 +67,16 @@ void Generation::cancel() {
   if (!ended_) end_locked(false, "cancelled");
 }
 
+void Generation::start_answering(Responder& responder, Engine& engine,
+                                 std::vector<EngineRequest> requests) {
+  responder.on_disconnect(canceller());
+  try {
+    start(engine, std::move(requests));
+  } catch (const Error& e) {
+    throw_validation(e.what());
+  }
+}
+
 void Generation::on_event(size_t prompt, RequestEvent&& event) {
   const std::lock_guard lock(mu_);
   if (ended_ || prompt >= prompts_.size()) return;

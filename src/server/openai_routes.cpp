@@ -123,6 +123,11 @@ const char* openai_finish_reason(FinishReason reason) {
   return reason == FinishReason::Length ? "length" : "stop";
 }
 
+// A stream chunk's finish_reason: null until the last chunk.
+json chunk_finish_reason(const RequestEvent& event) {
+  return event.finished ? json(openai_finish_reason(event.finish)) : json(nullptr);
+}
+
 // Log-probabilities clamped to what JSON (and pydantic's float) can carry.
 double finite_logprob(float logprob) {
   if (std::isnan(logprob)) return -9999.0;
@@ -367,14 +372,7 @@ void launch_openai(Engine& engine, Metrics& metrics, const std::shared_ptr<OpenA
       }
     };
     auto gen = std::make_shared<Generation>(metrics, std::move(*slot), received, std::move(hooks));
-    // A client that goes away cancels the run (and frees its slot and KV blocks); nothing is
-    // answered then. At once if it is gone already.
-    responder->on_disconnect(gen->canceller());
-    try {
-      gen->start(engine, std::move(requests));
-    } catch (const Error& e) {
-      throw_validation(e.what());
-    }
+    gen->start_answering(*responder, engine, std::move(requests));
     return;
   }
 
@@ -485,9 +483,7 @@ void Api::Impl::openai_completions(const HttpRequest& request,
                   *r, json::array({{{"index", prompt},
                                     {"text", event.visible_text},
                                     {"logprobs", std::move(logprobs)},
-                                    {"finish_reason", event.finished
-                                                          ? json(openai_finish_reason(event.finish))
-                                                          : json(nullptr)}}})));
+                                    {"finish_reason", chunk_finish_reason(event)}}})));
         };
         with_adapter(
             adapter_of_model(string_field(body, "model").value_or("")), responder, Dialect::OpenAi,
@@ -595,9 +591,7 @@ void Api::Impl::openai_chat(const HttpRequest& request, std::shared_ptr<Responde
                   *r, json::array({{{"index", 0},
                                     {"delta", std::move(delta)},
                                     {"logprobs", std::move(logprobs)},
-                                    {"finish_reason", event.finished
-                                                          ? json(openai_finish_reason(event.finish))
-                                                          : json(nullptr)}}})));
+                                    {"finish_reason", chunk_finish_reason(event)}}})));
         };
         with_adapter(
             adapter_of_model(string_field(body, "model").value_or("")), responder, Dialect::OpenAi,

@@ -288,14 +288,7 @@ void Api::Impl::tgi_generate(const HttpRequest& request, std::shared_ptr<Respond
                 };
                 auto gen = std::make_shared<Generation>(metrics, std::move(*slot), received,
                                                         std::move(hooks));
-                // A client that goes away cancels the run (and frees its slot and KV blocks);
-                // nothing is answered then. At once if it is gone already.
-                responder->on_disconnect(gen->canceller());
-                try {
-                  gen->start(engine, std::move(requests));
-                } catch (const Error& e) {
-                  throw_validation(e.what());
-                }
+                gen->start_answering(*responder, engine, std::move(requests));
                 return;
               }
 
