@@ -125,6 +125,15 @@ class Ops {
   // Writes row i of k and v to row slots[i] of k_cache and v_cache.
   virtual void kv_store(const Tensor& k, const Tensor& v, const int32_t* slots,
                         const Tensor& k_cache, const Tensor& v_cache) = 0;
+  // The attention prologue of a layer: rope(q), rope(k), then kv_store(k, v). The result is
+  // that of those three calls (k is left rotated too); backends may fuse them into one kernel.
+  virtual void rope_kv_store(const Tensor& q, const Tensor& k, const Tensor& v, int32_t head_dim,
+                             const int32_t* positions, const Tensor& inv_freq, bool interleaved,
+                             const int32_t* slots, const Tensor& k_cache, const Tensor& v_cache) {
+    rope(q, head_dim, positions, inv_freq, interleaved);
+    rope(k, head_dim, positions, inv_freq, interleaved);
+    kv_store(k, v, slots, k_cache, v_cache);
+  }
   // Causal attention of q [n, num_heads * head_dim] over the cached keys/values
   // ([slots, num_kv_heads * head_dim]); out like q.
   virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,

@@ -403,9 +403,8 @@ void LlamaModel::attention_block(const LayerWeights& l, int64_t layer, int64_t n
   lora(normed, k, layer, LoraTarget::K);
   lora(normed, v, layer, LoraTarget::V);
   const int32_t head_dim = static_cast<int32_t>(c.head_dim);
-  ops_.rope(q, head_dim, d_positions_, inv_freq_, c.rope.interleaved);
-  ops_.rope(k, head_dim, d_positions_, inv_freq_, c.rope.interleaved);
-  ops_.kv_store(k, v, d_slots_, cache.keys(layer), cache.values(layer));
+  ops_.rope_kv_store(q, k, v, head_dim, d_positions_, inv_freq_, c.rope.interleaved, d_slots_,
+                     cache.keys(layer), cache.values(layer));
   ops_.attention(q, cache.keys(layer), cache.values(layer), batch, attn_shape_, attn);
   project(attn, l.o, l.o_bias, out);
   lora(attn, out, layer, LoraTarget::O);

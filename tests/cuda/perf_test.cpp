@@ -250,6 +250,12 @@ TEST(CudaPerf, DISABLED_MatmulLlama8B) {
           if (n <= 8) {
             variants.emplace_back("gemv", [&](int i) {
               cuda::kernel_policy().bf16_gemv_max_n = 8;
+              cuda::kernel_policy().gemv_splitk = true;
+              ops->matmul(x, w(i), y);
+            });
+            variants.emplace_back("gemv_rowwarp", [&](int i) {  // the pre-split-K kernel
+              cuda::kernel_policy().bf16_gemv_max_n = 8;
+              cuda::kernel_policy().gemv_splitk = false;
               ops->matmul(x, w(i), y);
             });
           }

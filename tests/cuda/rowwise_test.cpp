@@ -146,6 +146,64 @@ TEST_F(CudaRowwise, KvStoreExact) {
   }
 }
 
+// The fused attention prologue against the three separate kernels on the GPU (q, k and the
+// caches within the BF16 tolerance, v in the cache exact), including a skipped slot (-1).
+TEST_F(CudaRowwise, RopeKvStoreMatchesSeparateOps) {
+  Random rng(7);
+  for (bool interleaved : {false, true}) {
+    for (int64_t n : {1, 7, 64, 300}) {
+      const int32_t dim = 128, qh = 4, kvh = 2;
+      const int64_t qw = qh * dim, kvw = kvh * dim, slots = 1024, width = qw + 2 * kvw;
+      const auto qkv = round_bf16(rng.uniform(n * width, -2.0f, 2.0f));
+      std::vector<float> inv(dim / 2);
+      for (int j = 0; j < dim / 2; ++j)
+        inv[j] = std::pow(500000.0f, -2.0f * static_cast<float>(j) / static_cast<float>(dim));
+      std::vector<int32_t> pos(n), perm(slots);
+      for (auto& p : pos) p = rng.integer(0, 8000);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng.gen());
+      std::vector<int32_t> sl(perm.begin(), perm.begin() + n);
+      if (n > 1) sl[1] = -1;
+      const auto k0 = round_bf16(rng.uniform(slots * kvw)), v0 = round_bf16(rng.uniform(slots * kvw));
+      GpuArray<int32_t> gpos(pos), gs(sl);
+      GpuTensor ginv(DType::F32, 1, dim / 2);
+      ginv.set(inv);
+      std::vector<std::vector<float>> got[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        const size_t stride = width * 2;
+        GpuTensor q(DType::BF16, n, qw, stride), k(DType::BF16, n, kvw, stride, qw * 2),
+            v(DType::BF16, n, kvw, stride, (qw + kvw) * 2);
+        std::vector<float> qv(n * qw), kv(n * kvw), vv(n * kvw);
+        for (int64_t i = 0; i < n; ++i) {
+          std::copy_n(qkv.begin() + i * width, qw, qv.begin() + i * qw);
+          std::copy_n(qkv.begin() + i * width + qw, kvw, kv.begin() + i * kvw);
+          std::copy_n(qkv.begin() + i * width + qw + kvw, kvw, vv.begin() + i * kvw);
+        }
+        q.set(qv);
+        k.set(kv);
+        v.set(vv);
+        GpuTensor kc(DType::BF16, slots, kvw), vc(DType::BF16, slots, kvw);
+        kc.set(k0);
+        vc.set(v0);
+        if (fused) {
+          gpu->rope_kv_store(q, k, v, dim, gpos.get(), ginv, interleaved, gs.get(), kc, vc);
+        } else {
+          gpu->rope(q, dim, gpos.get(), ginv, interleaved);
+          gpu->rope(k, dim, gpos.get(), ginv, interleaved);
+          gpu->kv_store(k, v, gs.get(), kc, vc);
+        }
+        got[fused] = {q.get(), k.get(), kc.get(), vc.get()};
+        kc.check_untouched("k_cache");
+        vc.check_untouched("v_cache");
+      }
+      for (int t = 0; t < 3; ++t) {
+        EXPECT_LE(max_norm_error(got[1][t], got[0][t]), kBf16Tol) << t << " " << n << " " << interleaved;
+      }
+      EXPECT_EQ(got[1][3], got[0][3]) << n;
+    }
+  }
+}
+
 TEST_F(CudaRowwise, SiluMulAndAdd) {
   Random rng(6);
   for (int64_t n : {1, 7, 64, 300}) {

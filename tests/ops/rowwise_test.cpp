@@ -239,6 +239,51 @@ TEST_P(Rowwise, KvStoreScatteredSlots) {
   EXPECT_THROW(ops->kv_store(k, v, bad.i32(), kc, vc), Error);
 }
 
+// rope_kv_store = rope(q), rope(k), kv_store(k, v), against the reference.
+TEST_P(Rowwise, RopeKvStore) {
+  Random rng(52);
+  for (bool interleaved : {false, true}) {
+    const int64_t n = 5, slots = 20;
+    const int32_t dim = 16, qh = 4, kvh = 2;
+    const int64_t qw = qh * dim, kvw = kvh * dim, width = qw + 2 * kvw;
+    const std::vector<float> qn = rng.uniform(n * qw), kn = rng.uniform(n * kvw), vn = rng.uniform(n * kvw);
+    const std::vector<float> k0 = rng.uniform(slots * kvw), v0 = rng.uniform(slots * kvw);
+    std::vector<int32_t> pos(n), slot_ids(slots);
+    for (auto& p : pos) p = rng.integer(0, 8000);
+    std::iota(slot_ids.begin(), slot_ids.end(), 0);
+    std::shuffle(slot_ids.begin(), slot_ids.end(), rng.gen());
+    slot_ids.resize(n);
+    std::vector<float> inv_freq(dim / 2);
+    for (int j = 0; j < dim / 2; ++j) inv_freq[j] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * j / dim));
+    DeviceTensor q(backend(), DType::F32, n, qw, width * 4, 0);
+    DeviceTensor k(backend(), DType::F32, n, kvw, width * 4, qw * 4);
+    DeviceTensor v(backend(), DType::F32, n, kvw, width * 4, (qw + kvw) * 4);
+    DeviceTensor kc(backend(), DType::F32, slots, kvw), vc(backend(), DType::F32, slots, kvw);
+    DeviceTensor df(backend(), DType::F32, 1, dim / 2);
+    DeviceArray dp(backend(), pos), ds(backend(), slot_ids);
+    q.set_f32(qn);
+    k.set_f32(kn);
+    v.set_f32(vn);
+    kc.set_f32(k0);
+    vc.set_f32(v0);
+    df.set_f32(inv_freq);
+    ops->rope_kv_store(q, k, v, dim, dp.i32(), df, interleaved, ds.i32(), kc, vc);
+    std::vector<float> qr = qn, kr = kn, kw = k0, vw = v0;
+    ref::rope(qr, n, qw, dim, pos, inv_freq, interleaved);
+    ref::rope(kr, n, kvw, dim, pos, inv_freq, interleaved);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(kr.begin() + i * kvw, kvw, kw.begin() + slot_ids[i] * kvw);
+      std::copy_n(vn.begin() + i * kvw, kvw, vw.begin() + slot_ids[i] * kvw);
+    }
+    EXPECT_LE(max_norm_error(q.get_f32(), qr), 2e-6);
+    EXPECT_LE(max_norm_error(k.get_f32(), kr), 2e-6);
+    EXPECT_LE(max_norm_error(kc.get_f32(), kw), 2e-6);
+    EXPECT_EQ(vc.get_f32(), vw);
+    kc.check_untouched("k_cache");
+    vc.check_untouched("v_cache");
+  }
+}
+
 TEST_P(Rowwise, SiluMulAndAdd) {
   Random rng(61);
   for (auto [n, cols] : {std::pair<int64_t, int64_t>{1, 1536}, {3, 7}}) {

@@ -303,6 +303,32 @@ class CudaOps final : public Ops {
     MIL_CUDA_CHECK_LAUNCH();
   }
 
+  void rope_kv_store(const Tensor& q, const Tensor& k, const Tensor& v, int32_t head_dim,
+                     const int32_t* positions, const Tensor& inv_freq, bool interleaved,
+                     const int32_t* slots, const Tensor& k_cache, const Tensor& v_cache) override {
+    const auto half = [](DType d) { return d == DType::BF16 || d == DType::F16; };
+    if (!kernel_policy().fused_rope_kv || !half(q.dtype) || !half(k.dtype) || !half(v.dtype) ||
+        k_cache.dtype != k.dtype || v_cache.dtype != v.dtype || q.rows != k.rows) {
+      Ops::rope_kv_store(q, k, v, head_dim, positions, inv_freq, interleaved, slots, k_cache, v_cache);
+      return;
+    }
+    check_dtype(inv_freq, {DType::F32}, "rope_kv_store", "inv_freq");
+    MIL_CHECK(head_dim > 0 && head_dim % 2 == 0 && q.cols % head_dim == 0 && k.cols % head_dim == 0,
+              "rope_kv_store: head_dim {} does not divide q {} / k {} into pairs", head_dim,
+              shape_string(q), shape_string(k));
+    MIL_CHECK(inv_freq.rows == 1 && inv_freq.cols == head_dim / 2,
+              "rope_kv_store: inv_freq is {}, expected 1 x {}", shape_string(inv_freq), head_dim / 2);
+    MIL_CHECK(k.cols == k_cache.cols && v.cols == v_cache.cols && k.rows == v.rows &&
+                  k_cache.rows == v_cache.rows,
+              "rope_kv_store: k {} / v {} do not fit caches {} / {}", shape_string(k), shape_string(v),
+              shape_string(k_cache), shape_string(v_cache));
+    MIL_CHECK(q.rows == 0 || (positions != nullptr && slots != nullptr), "rope_kv_store: no positions/slots");
+    set_device();
+    launch_rope_kv_store(mat(q), mat(k), mat(v), head_dim, positions, inv_freq.ptr<const float>(),
+                         interleaved, slots, mat(k_cache), mat(v_cache), stream_);
+    MIL_CUDA_CHECK_LAUNCH();
+  }
+
   void kv_store(const Tensor& k, const Tensor& v, const int32_t* slots, const Tensor& k_cache,
                 const Tensor& v_cache) override {
     check_dtype(k, kAct, "kv_store", "k");

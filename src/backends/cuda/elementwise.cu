@@ -101,6 +101,49 @@ __global__ void rope_kernel(Mat x, int32_t head_dim, const int32_t* positions,
   }
 }
 
+// One row of rope_kernel; with dst, each rotated value also goes to dst (same dtype as x, so
+// the stored bits equal a later copy of the row).
+__device__ __forceinline__ void rope_row(void* xr, int64_t cols, DType dt, int32_t head_dim, float pos,
+                                         const float* inv_freq, bool interleaved, void* dst) {
+  const int32_t half = head_dim / 2;
+  const int64_t pairs = cols / 2;
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int64_t head = p / half;
+    const int32_t j = static_cast<int32_t>(p % half);
+    const int64_t a = head * head_dim + (interleaved ? 2 * j : j);
+    const int64_t b = head * head_dim + (interleaved ? 2 * j + 1 : j + half);
+    float s, c;
+    sincosf(pos * inv_freq[j], &s, &c);
+    const float x0 = load_elem(xr, a, dt), x1 = load_elem(xr, b, dt);
+    const float ya = x0 * c - x1 * s, yb = x1 * c + x0 * s;
+    store_elem(xr, a, dt, ya);
+    store_elem(xr, b, dt, yb);
+    if (dst != nullptr) {
+      store_elem(dst, a, dt, ya);
+      store_elem(dst, b, dt, yb);
+    }
+  }
+}
+
+// rope(q), rope(k) and kv_store(k, v) of a row in one block (16-bit caches of k's/v's dtype).
+__global__ void rope_kv_store_kernel(Mat q, Mat k, Mat v, int32_t head_dim, const int32_t* positions,
+                                     const float* inv_freq, bool interleaved, const int32_t* slots,
+                                     Mat kc, Mat vc) {
+  for (int64_t r = blockIdx.x; r < q.rows; r += gridDim.x) {
+    const float pos = static_cast<float>(positions[r]);
+    const int32_t slot = slots[r];
+    const bool store = slot >= 0 && slot < kc.rows;
+    rope_row(row_ptr(q.data, q.stride, r), q.cols, q.dtype, head_dim, pos, inv_freq, interleaved, nullptr);
+    rope_row(row_ptr(k.data, k.stride, r), k.cols, k.dtype, head_dim, pos, inv_freq, interleaved,
+             store ? row_ptr(kc.data, kc.stride, slot) : nullptr);
+    if (store) {
+      const auto* vs = static_cast<const uint16_t*>(row_ptr(v.data, v.stride, r));
+      auto* vd = static_cast<uint16_t*>(row_ptr(vc.data, vc.stride, slot));
+      for (int64_t j = threadIdx.x; j < v.cols; j += blockDim.x) vd[j] = vs[j];
+    }
+  }
+}
+
 // Copies rows of 16-bit elements; cols even and 4-byte aligned rows use 32-bit moves.
 __global__ void kv_store_kernel(Mat k, Mat v, const int32_t* slots, Mat kc, Mat vc) {
   for (int64_t r = blockIdx.x; r < k.rows; r += gridDim.x) {
@@ -188,6 +231,14 @@ void launch_rope(Mat x, int32_t head_dim, const int32_t* positions, const float*
                  bool interleaved, cudaStream_t s) {
   if (x.rows == 0) return;
   rope_kernel<<<rows_grid(x.rows), kThreads, 0, s>>>(x, head_dim, positions, inv_freq, interleaved);
+}
+
+void launch_rope_kv_store(Mat q, Mat k, Mat v, int32_t head_dim, const int32_t* positions,
+                          const float* inv_freq, bool interleaved, const int32_t* slots, Mat k_cache,
+                          Mat v_cache, cudaStream_t s) {
+  if (q.rows == 0) return;
+  rope_kv_store_kernel<<<rows_grid(q.rows), kThreads, 0, s>>>(q, k, v, head_dim, positions, inv_freq,
+                                                              interleaved, slots, k_cache, v_cache);
 }
 
 void launch_kv_store(Mat k, Mat v, const int32_t* slots, Mat k_cache, Mat v_cache,

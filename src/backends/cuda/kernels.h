@@ -28,6 +28,9 @@ void launch_embedding(Mat table, const int32_t* ids, Mat out, cudaStream_t s);
 void launch_rmsnorm(Mat x, Mat weight, float eps, Mat out, cudaStream_t s);
 void launch_rope(Mat x, int32_t head_dim, const int32_t* positions, const float* inv_freq,
                  bool interleaved, cudaStream_t s);
+void launch_rope_kv_store(Mat q, Mat k, Mat v, int32_t head_dim, const int32_t* positions,
+                          const float* inv_freq, bool interleaved, const int32_t* slots, Mat k_cache,
+                          Mat v_cache, cudaStream_t s);
 void launch_kv_store(Mat k, Mat v, const int32_t* slots, Mat k_cache, Mat v_cache,
                      cudaStream_t s);
 void launch_silu_mul(Mat gate, Mat up, Mat out, cudaStream_t s);
@@ -50,11 +53,14 @@ void launch_dequant_to_bf16(Mat w, uint16_t* dst, int64_t dst_ld, cudaStream_t s
 
 // Which kernel variants run: the fast paths by default; tests and benchmarks switch them
 // for before/after comparisons. Read from the environment at first use (MIL_ATTN_KERNEL=
-// auto|split|legacy, MIL_QGEMV=0|1, MIL_GEMV_BF16=auto|off|N) and then set in code.
+// auto|split|legacy, MIL_QGEMV=0|1, MIL_GEMV_BF16=auto|off|N, MIL_GEMV_SPLITK=0|1,
+// MIL_FUSED_ROPE_KV=0|1) and then set in code.
 struct KernelPolicy {
   enum class Attention { kAuto, kSplit, kLegacy };
   Attention attention = Attention::kAuto;
   bool qgemv = true;           // false: quantized matmuls take the first-version kernel
+  bool fused_rope_kv = true;   // rope(q) + rope(k) + kv_store in one kernel (MIL_FUSED_ROPE_KV=0: three)
+  bool gemv_splitk = true;     // BF16 GEMV: split-K kernel (MIL_GEMV_SPLITK=0: 8-row warps)
   int bf16_gemv_max_n = -1;    // -1: per-shape choice in Blas; 0: never; N: for n <= N
 };
 KernelPolicy& kernel_policy();

@@ -7,8 +7,10 @@
 //   (all chunks of both rows in flight), go through the warp's shared memory, and each lane
 //   then dequantizes one block per row (f32, as the CPU reference does) and dots it with
 //   the n activation rows. Every weight byte is read once per call.
-// - gemv_bf16_kernel (n <= 8): a warp owns two weight rows, 16-byte loads, 4 per row in
-//   flight, activations through L1.
+// - gemv_bf16_splitk_kernel (n <= 8, the default): a block of 4 warps owns two weight rows,
+//   each warp a quarter of k, partial sums through shared memory.
+// - gemv_bf16_kernel (n <= 8, MIL_GEMV_SPLITK=0): a warp owns two weight rows, 16-byte loads,
+//   4 per row in flight, activations through L1.
 // - dequant_matmul_kernel (the first version, any n and alignment): one warp per weight
 //   row; each lane dequantizes whole blocks into registers and dots them with up to kRows
 //   rows of x at once (for prefill it re-reads the weights once per 8 rows: slow; the
@@ -221,6 +223,88 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w
   gemv_store<R, N>(acc, row0, w.rows, nr, y);
 }
 
+
+// Split-K BF16 GEMV (the default for n <= 8): a block of kSkWarps warps owns kSkRows weight
+// rows; warp w walks the w-th quarter of k for all of them (U 16-byte loads per row in
+// flight), and the partial sums meet in shared memory. Per block a row group is ~4x smaller
+// than gemv_bf16_kernel's, so there are 4x more blocks: for the 33-50 MB decode projections
+// (o, qkv) nearly every load of the matrix is issued in the first wave instead of 4 rounds
+// of latency per warp.
+constexpr int kSkWarps = 4;
+constexpr int kSkRows = 2;
+
+template <int N>
+__global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, Mat w, Mat y) {
+  constexpr int R = kSkRows;
+  constexpr int U = 4;
+  __shared__ float part[kSkWarps][R * N];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * R;
+  const int nr = static_cast<int>(x.rows);
+  const int64_t chunks = w.cols / 8;
+  const int64_t per = (chunks + kSkWarps - 1) / kSkWarps;
+  const int64_t cbeg = warp * per, cend = imin64(chunks, cbeg + per);
+  const uint4* wrow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    wrow[r] = static_cast<const uint4*>(row_ptr(w.data, w.stride, row0 + r < w.rows ? row0 + r : row0));
+  }
+  float acc[R][N];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) acc[r][n] = 0.0f;
+  }
+  for (int64_t c0 = cbeg + lane; c0 < cend; c0 += 32 * U) {
+    uint4 wr[R][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = c0 + 32 * u;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (c < cend) wr[r][u] = __ldcs(wrow[r] + c);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = c0 + 32 * u;
+      if (c < cend) {
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; ++r) bf16x8_to_f32(wr[r][u], wf[r]);
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+          if (n < nr) {
+            float xf[8];
+            bf16x8_to_f32(__ldg(static_cast<const uint4*>(row_ptr(x.data, x.stride, n)) + c), xf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) acc[r][n] += wf[r][e] * xf[e];
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+      const float v = warp_sum(acc[r][n]);
+      if (lane == 0) part[warp][r * N + n] = v;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < R * N) {
+    const int r = threadIdx.x / N, n = threadIdx.x % N;
+    float v = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kSkWarps; ++q) v += part[q][threadIdx.x];
+    if (n < nr && row0 + r < w.rows) store_elem(row_ptr(y.data, y.stride, n), row0 + r, y.dtype, v);
+  }
+}
+
 // Writes the BF16 image of any weight dtype: dst row r at dst + r * dst_ld elements.
 template <DType T>
 __global__ void dequant_to_bf16_kernel(Mat w, uint16_t* dst, int64_t dst_ld) {
@@ -283,6 +367,8 @@ KernelPolicy& kernel_policy() {
       if (std::strcmp(e, "split") == 0) p.attention = KernelPolicy::Attention::kSplit;
     }
     if (const char* e = std::getenv("MIL_QGEMV")) p.qgemv = e[0] != '0';
+    if (const char* e = std::getenv("MIL_GEMV_SPLITK")) p.gemv_splitk = e[0] != '0';
+    if (const char* e = std::getenv("MIL_FUSED_ROPE_KV")) p.fused_rope_kv = e[0] != '0';
     if (const char* e = std::getenv("MIL_GEMV_BF16")) {
       if (std::strcmp(e, "off") == 0) {
         p.bf16_gemv_max_n = 0;
@@ -299,6 +385,20 @@ bool launch_gemv_bf16(Mat x, Mat w, Mat y, cudaStream_t s) {
   if (x.rows == 0 || w.rows == 0) return true;
   if (x.rows > 8 || w.dtype != DType::BF16 || x.dtype != DType::BF16 || w.cols % 8 != 0) return false;
   if (!aligned16(w.data, w.stride, w.rows) || !aligned16(x.data, x.stride, x.rows)) return false;
+  if (kernel_policy().gemv_splitk) {
+    const dim3 grid(static_cast<unsigned>((w.rows + kSkRows - 1) / kSkRows));
+    const int threads = kSkWarps * 32;
+    if (x.rows <= 1) {
+      gemv_bf16_splitk_kernel<1><<<grid, threads, 0, s>>>(x, w, y);
+    } else if (x.rows <= 2) {
+      gemv_bf16_splitk_kernel<2><<<grid, threads, 0, s>>>(x, w, y);
+    } else if (x.rows <= 4) {
+      gemv_bf16_splitk_kernel<4><<<grid, threads, 0, s>>>(x, w, y);
+    } else {
+      gemv_bf16_splitk_kernel<8><<<grid, threads, 0, s>>>(x, w, y);
+    }
+    return true;
+  }
   const int per_block = kGemvWarps * kGemvRowsPerWarp;
   const dim3 grid(static_cast<unsigned>((w.rows + per_block - 1) / per_block));
   const int threads = kGemvWarps * 32;
