@@ -48,10 +48,10 @@ int32_t BlockManager::find(const std::string& adapter, uint64_t parent, uint64_t
   return it->second;
 }
 
-PrefixHit BlockManager::lookup(const std::string& adapter, std::span<const int32_t> tokens,
-                               int64_t max_tokens) const {
-  PrefixHit hit;
-  if (!prefix_caching_) return hit;
+template <typename OnBlock>
+void BlockManager::walk_cached_prefix(const std::string& adapter, std::span<const int32_t> tokens,
+                                      int64_t max_tokens, OnBlock on_block) const {
+  if (!prefix_caching_) return;
   const int64_t limit = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()));
   uint64_t parent = 0;
   for (int64_t start = 0; start + block_size_ <= limit; start += block_size_) {
@@ -59,31 +59,31 @@ PrefixHit BlockManager::lookup(const std::string& adapter, std::span<const int32
     const uint64_t h = block_hash(adapter, parent, block_tokens);
     const int32_t b = find(adapter, parent, h, block_tokens);
     if (b < 0) break;
-    hit.tokens += block_size_;
-    if (meta_[b].refs == 0) ++hit.evictable_blocks;
+    on_block(b, h);
     parent = h;
   }
+}
+
+PrefixHit BlockManager::lookup(const std::string& adapter, std::span<const int32_t> tokens,
+                               int64_t max_tokens) const {
+  PrefixHit hit;
+  walk_cached_prefix(adapter, tokens, max_tokens, [&](int32_t b, uint64_t) {
+    hit.tokens += block_size_;
+    if (meta_[b].refs == 0) ++hit.evictable_blocks;
+  });
   return hit;
 }
 
 int64_t BlockManager::acquire_prefix(const std::string& adapter, std::span<const int32_t> tokens,
                                      int64_t max_tokens, SequenceBlocks& seq) {
   MIL_CHECK(seq.blocks.empty(), "block manager: a prefix goes into an empty sequence");
-  if (!prefix_caching_) return 0;
-  const int64_t limit = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()));
-  uint64_t parent = 0;
   int64_t covered = 0;
-  for (int64_t start = 0; start + block_size_ <= limit; start += block_size_) {
-    const auto block_tokens = tokens.subspan(start, block_size_);
-    const uint64_t h = block_hash(adapter, parent, block_tokens);
-    const int32_t b = find(adapter, parent, h, block_tokens);
-    if (b < 0) break;
+  walk_cached_prefix(adapter, tokens, max_tokens, [&](int32_t b, uint64_t h) {
     take_reference(b);
     seq.blocks.push_back(b);
     seq.hashes.push_back(h);
     covered += block_size_;
-    parent = h;
-  }
+  });
   return covered;
 }
 

@@ -87,6 +87,11 @@ class BlockManager {
   uint64_t block_hash(const std::string& adapter, uint64_t parent,
                       std::span<const int32_t> tokens) const;
   // The cached block holding exactly this key, or -1.
+  // Calls on_block(block, hash) for each cached full block of `tokens` (within max_tokens)
+  // in order, until the first miss.
+  template <typename OnBlock>
+  void walk_cached_prefix(const std::string& adapter, std::span<const int32_t> tokens,
+                          int64_t max_tokens, OnBlock on_block) const;
   int32_t find(const std::string& adapter, uint64_t parent, uint64_t hash,
                std::span<const int32_t> tokens) const;
   void take_reference(int32_t block);

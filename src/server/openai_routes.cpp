@@ -277,13 +277,18 @@ json completion_logprobs(const OpenAiRequest& r, const PromptResult& result) {
   return lp.to_json();
 }
 
-json completion_chunk(const OpenAiRequest& r, json choices) {
+// A response or stream chunk object of `object` type around `choices`.
+json openai_object(const OpenAiRequest& r, const char* object, json choices) {
   return {{"id", r.id},
-          {"object", "text_completion"},
+          {"object", object},
           {"created", r.created},
           {"model", r.model},
           {"system_fingerprint", std::string("mil-") + kMilVersion},
           {"choices", std::move(choices)}};
+}
+
+json completion_chunk(const OpenAiRequest& r, json choices) {
+  return openai_object(r, "text_completion", std::move(choices));
 }
 
 // ---- chat ----
@@ -332,12 +337,7 @@ json chat_token_logprob(const TokenInfo& token, const std::vector<TokenInfo>& to
 }
 
 json chat_chunk(const OpenAiRequest& r, json choices) {
-  return {{"id", r.id},
-          {"object", "chat.completion.chunk"},
-          {"created", r.created},
-          {"model", r.model},
-          {"system_fingerprint", std::string("mil-") + kMilVersion},
-          {"choices", std::move(choices)}};
+  return openai_object(r, "chat.completion.chunk", std::move(choices));
 }
 
 // Starts the generation of an OpenAI request whose prompts are validated and whose adapter is
@@ -554,13 +554,12 @@ void Api::Impl::openai_chat(const HttpRequest& request, std::shared_ptr<Responde
             }
             logprobs = {{"content", std::move(content)}};
           }
-          json body_out = chat_chunk(
-              *r,
+          json body_out = openai_object(
+              *r, "chat.completion",
               json::array({{{"index", 0},
                             {"message", {{"role", "assistant"}, {"content", result.visible_text}}},
                             {"logprobs", std::move(logprobs)},
                             {"finish_reason", openai_finish_reason(result.final.finish)}}}));
-          body_out["object"] = "chat.completion";
           body_out["usage"] = usage_json(gen.prompts());
           HttpResponse http;
           http.body = body_out.dump(-1, ' ', false, json::error_handler_t::replace);

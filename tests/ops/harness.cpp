@@ -92,26 +92,32 @@ std::vector<float> DeviceTensor::get_f32() const {
   return out;
 }
 
-void DeviceTensor::check_untouched(const std::string& what, bool unchanged) const {
-  const std::vector<uint8_t> img = download_image();
+void expect_only_rows_changed(const std::vector<uint8_t>& before, const std::vector<uint8_t>& now,
+                              const Tensor& view, size_t lead_bytes, bool unchanged,
+                              const std::string& what) {
+  ASSERT_EQ(before.size(), now.size()) << what;
   // Mark the row bytes, which an output may change.
-  std::vector<bool> in_row(img.size(), false);
-  const size_t packed = row_bytes(view_.dtype, view_.cols);
-  for (int64_t r = 0; r < view_.rows; ++r) {
-    const size_t start = kGuardBytes + lead_bytes_ + r * view_.row_stride;
+  const size_t offset = DeviceTensor::kGuardBytes + lead_bytes;
+  std::vector<bool> in_row(now.size(), false);
+  const size_t packed = row_bytes(view.dtype, view.cols);
+  for (int64_t r = 0; r < view.rows; ++r) {
+    const size_t start = offset + r * view.row_stride;
     std::fill(in_row.begin() + start, in_row.begin() + start + packed, true);
   }
   size_t bad = 0, first = 0;
-  for (size_t i = 0; i < img.size(); ++i) {
-    if ((unchanged || !in_row[i]) && img[i] != image_[i]) {
+  for (size_t i = 0; i < now.size(); ++i) {
+    if ((unchanged || !in_row[i]) && now[i] != before[i]) {
       if (bad++ == 0) first = i;
     }
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " bytes changed outside what the op may write, "
                      << "first at offset "
-                     << static_cast<int64_t>(first) -
-                            static_cast<int64_t>(kGuardBytes + lead_bytes_)
+                     << static_cast<int64_t>(first) - static_cast<int64_t>(offset)
                      << " from the view's start";
+}
+
+void DeviceTensor::check_untouched(const std::string& what, bool unchanged) const {
+  expect_only_rows_changed(image_, download_image(), view_, lead_bytes_, unchanged, what);
 }
 
 DeviceArray::DeviceArray(const BackendUnderTest& backend, const std::vector<int32_t>& values)

@@ -74,6 +74,13 @@ class DeviceTensor {
   std::vector<uint8_t> image_;  // what the host last uploaded (guards included)
 };
 
+// Asserts (gtest) that `now` equals `before` everywhere but the bytes of `view`'s rows (and
+// everywhere when `unchanged`). Both are images of an allocation that holds kGuardBytes of
+// guard, then `lead_bytes`, then the view: any backend's guarded tensors check this way.
+void expect_only_rows_changed(const std::vector<uint8_t>& before, const std::vector<uint8_t>& now,
+                              const Tensor& view, size_t lead_bytes, bool unchanged,
+                              const std::string& what);
+
 // A device copy of a small array of 32-bit values (ids, positions, block tables).
 class DeviceArray {
  public:
