@@ -1,24 +1,44 @@
 #!/usr/bin/env bash
-# Device: CUDA tests, GEMV perf (split-K vs row-warp), then batch-1 decode A/B of
-# MIL_GEMV_SPLITK / MIL_FUSED_ROPE_KV on the 8B random model. Carry .gpubin and .debs.
+# One device call: the CUDA tests (op tests, memcheck subset, model tests), then a batch-1
+# decode A/B of kernel-policy switches (kernels.h KernelPolicy) on the Llama-3-8B-shaped
+# random model, alternating the configurations REPEAT times, and optionally (NCU=1) an ncu
+# per-kernel profile of eager decode steps under the last configuration.
+# Carry .gpubin (mil and the test binaries built here) and .debs.
+# Usage (device): OUT=$OUT CONFIGS="MIL_ROW_VEC=0,MIL_PDL=0 MIL_ROW_VEC=1,MIL_PDL=1" scripts/gpu/run_decode_ab.sh
 set -uo pipefail
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; BIN=.gpubin; M=/tmp/llama3-8b-random
+CONFIGS=${CONFIGS:-"MIL_PDL=0 MIL_PDL=1"}; REPEAT=${REPEAT:-2}
+mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 mkdir -p /tmp/dep && tar xJf .debs/deps.tar.xz -C /tmp/dep
 cublas_dir=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH=$PWD/$BIN/lib:/tmp/dep/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${cublas_dir}:${LD_LIBRARY_PATH:-}
 [[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 t0=$(date +%s)
-timeout 200 python3 scripts/gpu/make_llama3_8b_random.py $M > $OUT/make.log 2>&1 &
-mk=$!
-timeout 120 $BIN/test_cuda_ops > $OUT/test_cuda_ops.log 2>&1; echo "test_cuda_ops rc=$? $(( $(date +%s)-t0 ))s"; grep -E "PASSED|FAILED|tests ran" $OUT/test_cuda_ops.log | head -20
-timeout 150 $BIN/test_cuda_model > $OUT/test_cuda_model.log 2>&1; echo "test_cuda_model rc=$? $(( $(date +%s)-t0 ))s"; grep -E "PASSED|FAILED|tests ran" $OUT/test_cuda_model.log | head -20
-MIL_PERF_JSON=$OUT/perf.json timeout 100 $BIN/test_cuda_ops --gtest_also_run_disabled_tests --gtest_filter='*MatmulLlama8B*' > $OUT/perf.log 2>&1; echo "perf rc=$?"; grep -E "BF16 .*(gemv|cublaslt) .*n=1 " $OUT/perf.log
-wait $mk; echo "make rc=$? $(( $(date +%s)-t0 ))s"; tail -2 $OUT/make.log
-i=0
-for cfg in "0 0" "1 1" "0 0" "1 1" "1 0" "0 1"; do set -- $cfg; i=$((i+1))
-  echo "=== MIL_GEMV_SPLITK=$1 MIL_FUSED_ROPE_KV=$2"
-  MIL_GEMV_SPLITK=$1 MIL_FUSED_ROPE_KV=$2 timeout 90 $BIN/mil bench --device cuda --model-id $M --batches 1 --contexts 512 --ttft-prompts 128 --step-repeat 20 > $OUT/bench_${i}_$1$2.log 2>&1; echo "rc=$? $(( $(date +%s)-t0 ))s"
-  grep -A3 -E "batch-1 greedy" $OUT/bench_${i}_$1$2.log; grep -A2 "decode step" $OUT/bench_${i}_$1$2.log | tail -1
-done
+[[ -f $M/config.json ]] || { timeout 200 python3 scripts/gpu/make_llama3_8b_random.py $M > $OUT/make.log 2>&1 & }
+if [[ "${TESTS:-1}" == 1 ]]; then
+  timeout 150 $BIN/test_cuda_ops > $OUT/test_cuda_ops.log 2>&1; echo "test_cuda_ops rc=$? $(( $(date +%s)-t0 ))s"
+  grep -E "PASSED|FAILED|tests ran" $OUT/test_cuda_ops.log | head -20
+  timeout 150 $BIN/test_cuda_model > $OUT/test_cuda_model.log 2>&1; echo "test_cuda_model rc=$? $(( $(date +%s)-t0 ))s"
+  grep -E "PASSED|FAILED|tests ran" $OUT/test_cuda_model.log | head -20
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $BIN/test_cuda_ops \
+    --gtest_filter='CudaRowwise.*:CudaModelOps.*:Grid/CudaAttention.*:Grid/CudaMatmul.*' > $OUT/memcheck.log 2>&1
+  echo "memcheck rc=$? $(( $(date +%s)-t0 ))s"; grep -E "ERROR SUMMARY|PASSED|FAILED" $OUT/memcheck.log | head -5
+fi
+wait; echo "model ready $(( $(date +%s)-t0 ))s"
+B="$BIN/mil bench --device cuda --model-id $M --batches 1 --contexts 512,2048 --ttft-prompts 128 --step-repeat 30"
+for i in $(seq 1 "$REPEAT"); do for cfg in $CONFIGS; do
+  tag=${cfg//[=,]/_}
+  env ${cfg//,/ } timeout 100 $B > $OUT/bench_${tag}_$i.log 2>&1; echo "== $cfg run $i rc=$? $(( $(date +%s)-t0 ))s"
+  grep -A2 "batch-1 greedy" $OUT/bench_${tag}_$i.log | tail -2; grep -A2 "decode step" $OUT/bench_${tag}_$i.log | tail -1
+done; done
+if [[ "${NCU:-0}" == 1 ]]; then
+  last=${CONFIGS##* }
+  env ${last//,/ } MIL_PDL=0 timeout 200 ncu --clock-control none --cache-control none --csv --page raw \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size \
+    --launch-skip 4000 --launch-count 700 $B --decode-steps 8 > $OUT/ncu.csv 2> $OUT/ncu.err
+  echo "ncu ($last, PDL off) rc=$? $(( $(date +%s)-t0 ))s"
+  python3 scripts/gpu/ncu_summary.py $OUT/ncu.csv
+fi
 echo "total $(( $(date +%s)-t0 ))s"

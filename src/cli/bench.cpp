@@ -332,9 +332,13 @@ std::string run_compare(const BenchOptions& o, LoadedModel& m) {
     *best = ia;
     return static_cast<double>(a) - b;
   };
+  static constexpr double kSweep[4] = {0.1, 0.25, 0.5, 1.0};
   struct Tally {
     int64_t positions = 0, confident = 0, agree_confident = 0, agree_all = 0;
     int64_t bucket_confident[3] = {0, 0, 0}, bucket_agree[3] = {0, 0, 0};
+    // Agreement where the reference margin exceeds each of kSweep (how the rate grows once
+    // the margin clears bf16's logit noise).
+    int64_t sweep_confident[4] = {0, 0, 0, 0}, sweep_agree[4] = {0, 0, 0, 0};
     double max_abs = 0, num = 0, den = 0, ref_max_abs = 0;
   };
   const auto tally = [&](Tally& t, const float* got, int64_t pos) {
@@ -344,6 +348,12 @@ std::string run_compare(const BenchOptions& o, LoadedModel& m) {
     top2(got, vocab, &got_top);
     ++t.positions;
     t.agree_all += ref_top == got_top;
+    for (int i = 0; i < 4; ++i) {
+      if (margin > kSweep[i]) {
+        ++t.sweep_confident[i];
+        t.sweep_agree[i] += ref_top == got_top;
+      }
+    }
     if (margin > o.margin) {
       const int bucket = pos < 64 ? 0 : pos < 256 ? 1 : 2;
       ++t.confident;
@@ -398,6 +408,12 @@ std::string run_compare(const BenchOptions& o, LoadedModel& m) {
                 static_cast<long long>(t.bucket_confident[1]),
                 static_cast<long long>(t.bucket_agree[2]),
                 static_cast<long long>(t.bucket_confident[2]));
+    std::printf("  %-8s top1 where the reference margin >", "");
+    for (int i = 0; i < 4; ++i) {
+      std::printf(" %.2f: %lld/%lld", kSweep[i], static_cast<long long>(t.sweep_agree[i]),
+                  static_cast<long long>(t.sweep_confident[i]));
+    }
+    std::printf("\n");
     char buf[512];
     std::snprintf(buf, sizeof(buf),
                   "%s\"%s\": {\"positions\": %lld, \"confident\": %lld, \"top1_agree_confident\": "

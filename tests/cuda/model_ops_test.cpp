@@ -17,7 +17,7 @@ class CudaModelOps : public CudaOpsTest {};
 TEST_F(CudaModelOps, AddRmsnorm) {
   Random rng(71);
   for (int64_t n : {1, 7, 300}) {
-    for (int64_t cols : {64, 576, 4096}) {
+    for (int64_t cols : {64, 100, 576, 4096, 8192}) {  // 100: the scalar kernel
       const auto r = round_bf16(rng.uniform(n * cols, -3.0f, 3.0f));
       const auto x = round_bf16(rng.uniform(n * cols, -1.0f, 1.0f));
       const auto w = rng.uniform(cols, 0.5f, 1.5f);

@@ -67,7 +67,8 @@ TEST_F(CudaRowwise, EmbeddingEveryDtype) {
 TEST_F(CudaRowwise, RmsnormInPlaceAndNot) {
   Random rng(3);
   for (int64_t n : {1, 7, 64, 300}) {
-    for (int64_t cols : {64, 576, 4096}) {
+    // 100: not a multiple of 8 columns, the scalar kernel; the others the vectorized one.
+    for (int64_t cols : {64, 100, 576, 4096}) {
       const auto x = round_bf16(rng.uniform(n * cols, -3.0f, 3.0f));
       const auto w = rng.uniform(cols, 0.5f, 1.5f);
       OwnedTensor hx = host_f32(x, n, cols), hw = host_f32(w, 1, cols), ho(DType::F32, n, cols);
@@ -151,55 +152,59 @@ TEST_F(CudaRowwise, KvStoreExact) {
 TEST_F(CudaRowwise, RopeKvStoreMatchesSeparateOps) {
   Random rng(7);
   for (bool interleaved : {false, true}) {
-    for (int64_t n : {1, 7, 64, 300}) {
-      const int32_t dim = 128, qh = 4, kvh = 2;
-      const int64_t qw = qh * dim, kvw = kvh * dim, slots = 1024, width = qw + 2 * kvw;
-      const auto qkv = round_bf16(rng.uniform(n * width, -2.0f, 2.0f));
-      std::vector<float> inv(dim / 2);
-      for (int j = 0; j < dim / 2; ++j)
-        inv[j] = std::pow(500000.0f, -2.0f * static_cast<float>(j) / static_cast<float>(dim));
-      std::vector<int32_t> pos(n), perm(slots);
-      for (auto& p : pos) p = rng.integer(0, 8000);
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), rng.gen());
-      std::vector<int32_t> sl(perm.begin(), perm.begin() + n);
-      if (n > 1) sl[1] = -1;
-      const auto k0 = round_bf16(rng.uniform(slots * kvw)), v0 = round_bf16(rng.uniform(slots * kvw));
-      GpuArray<int32_t> gpos(pos), gs(sl);
-      GpuTensor ginv(DType::F32, 1, dim / 2);
-      ginv.set(inv);
-      std::vector<std::vector<float>> got[2];
-      for (int fused = 0; fused < 2; ++fused) {
-        const size_t stride = width * 2;
-        GpuTensor q(DType::BF16, n, qw, stride), k(DType::BF16, n, kvw, stride, qw * 2),
-            v(DType::BF16, n, kvw, stride, (qw + kvw) * 2);
-        std::vector<float> qv(n * qw), kv(n * kvw), vv(n * kvw);
-        for (int64_t i = 0; i < n; ++i) {
-          std::copy_n(qkv.begin() + i * width, qw, qv.begin() + i * qw);
-          std::copy_n(qkv.begin() + i * width + qw, kvw, kv.begin() + i * kvw);
-          std::copy_n(qkv.begin() + i * width + qw + kvw, kvw, vv.begin() + i * kvw);
+    for (int32_t dim : {64, 128}) {
+      for (int64_t n : {1, 7, 64, 300}) {
+        const int32_t qh = 4, kvh = 2;
+        const int64_t qw = qh * dim, kvw = kvh * dim, slots = 1024, width = qw + 2 * kvw;
+        const auto qkv = round_bf16(rng.uniform(n * width, -2.0f, 2.0f));
+        std::vector<float> inv(dim / 2);
+        for (int j = 0; j < dim / 2; ++j)
+          inv[j] = std::pow(500000.0f, -2.0f * static_cast<float>(j) / static_cast<float>(dim));
+        std::vector<int32_t> pos(n), perm(slots);
+        for (auto& p : pos) p = rng.integer(0, 8000);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng.gen());
+        std::vector<int32_t> sl(perm.begin(), perm.begin() + n);
+        if (n > 1) sl[1] = -1;
+        const auto k0 = round_bf16(rng.uniform(slots * kvw)),
+                   v0 = round_bf16(rng.uniform(slots * kvw));
+        GpuArray<int32_t> gpos(pos), gs(sl);
+        GpuTensor ginv(DType::F32, 1, dim / 2);
+        ginv.set(inv);
+        std::vector<std::vector<float>> got[2];
+        for (int fused = 0; fused < 2; ++fused) {
+          const size_t stride = width * 2;
+          GpuTensor q(DType::BF16, n, qw, stride), k(DType::BF16, n, kvw, stride, qw * 2),
+              v(DType::BF16, n, kvw, stride, (qw + kvw) * 2);
+          std::vector<float> qv(n * qw), kv(n * kvw), vv(n * kvw);
+          for (int64_t i = 0; i < n; ++i) {
+            std::copy_n(qkv.begin() + i * width, qw, qv.begin() + i * qw);
+            std::copy_n(qkv.begin() + i * width + qw, kvw, kv.begin() + i * kvw);
+            std::copy_n(qkv.begin() + i * width + qw + kvw, kvw, vv.begin() + i * kvw);
+          }
+          q.set(qv);
+          k.set(kv);
+          v.set(vv);
+          GpuTensor kc(DType::BF16, slots, kvw), vc(DType::BF16, slots, kvw);
+          kc.set(k0);
+          vc.set(v0);
+          if (fused) {
+            gpu->rope_kv_store(q, k, v, dim, gpos.get(), ginv, interleaved, gs.get(), kc, vc);
+          } else {
+            gpu->rope(q, dim, gpos.get(), ginv, interleaved);
+            gpu->rope(k, dim, gpos.get(), ginv, interleaved);
+            gpu->kv_store(k, v, gs.get(), kc, vc);
+          }
+          got[fused] = {q.get(), k.get(), kc.get(), vc.get()};
+          kc.check_untouched("k_cache");
+          vc.check_untouched("v_cache");
         }
-        q.set(qv);
-        k.set(kv);
-        v.set(vv);
-        GpuTensor kc(DType::BF16, slots, kvw), vc(DType::BF16, slots, kvw);
-        kc.set(k0);
-        vc.set(v0);
-        if (fused) {
-          gpu->rope_kv_store(q, k, v, dim, gpos.get(), ginv, interleaved, gs.get(), kc, vc);
-        } else {
-          gpu->rope(q, dim, gpos.get(), ginv, interleaved);
-          gpu->rope(k, dim, gpos.get(), ginv, interleaved);
-          gpu->kv_store(k, v, gs.get(), kc, vc);
+        for (int t = 0; t < 3; ++t) {
+          EXPECT_LE(max_norm_error(got[1][t], got[0][t]), kBf16Tol)
+              << t << " " << n << " " << interleaved;
         }
-        got[fused] = {q.get(), k.get(), kc.get(), vc.get()};
-        kc.check_untouched("k_cache");
-        vc.check_untouched("v_cache");
+        EXPECT_EQ(got[1][3], got[0][3]) << n;
       }
-      for (int t = 0; t < 3; ++t) {
-        EXPECT_LE(max_norm_error(got[1][t], got[0][t]), kBf16Tol) << t << " " << n << " " << interleaved;
-      }
-      EXPECT_EQ(got[1][3], got[0][3]) << n;
     }
   }
 }
@@ -207,31 +212,37 @@ TEST_F(CudaRowwise, RopeKvStoreMatchesSeparateOps) {
 TEST_F(CudaRowwise, SiluMulAndAdd) {
   Random rng(6);
   for (int64_t n : {1, 7, 64, 300}) {
-    const int64_t cols = 1536;
-    const auto g = round_bf16(rng.uniform(n * cols, -6.0f, 6.0f));
-    const auto u = round_bf16(rng.uniform(n * cols, -2.0f, 2.0f));
-    OwnedTensor hg = host_f32(g, n, cols), hu = host_f32(u, n, cols), ho(DType::F32, n, cols);
-    cpu->silu_mul(hg, hu, ho);
-    // gate and up as halves of one gate_up row; out aliases gate.
-    GpuTensor gg(DType::BF16, n, cols, 2 * cols * 2), gu(DType::BF16, n, cols, 2 * cols * 2, cols * 2);
-    gg.set(g);
-    gu.set(u);
-    gpu->silu_mul(gg, gu, gg);
-    EXPECT_LE(rel_l2_error(gg.get(), to_vector(ho)), kBf16Tol);
-    EXPECT_LE(max_norm_error(gg.get(), to_vector(ho)), kBf16Tol);
-    gg.check_untouched("out");
-    gu.check_untouched("up", true);
+    // 1536: the vectorized kernels (16-byte aligned rows); 1500: the scalar ones.
+    for (int64_t cols : {1536, 1500}) {
+      const auto g = round_bf16(rng.uniform(n * cols, -6.0f, 6.0f));
+      const auto u = round_bf16(rng.uniform(n * cols, -2.0f, 2.0f));
+      OwnedTensor hg = host_f32(g, n, cols), hu = host_f32(u, n, cols), ho(DType::F32, n, cols);
+      cpu->silu_mul(hg, hu, ho);
+      // gate and up as halves of one gate_up row; out aliases gate.
+      GpuTensor gg(DType::BF16, n, cols, 2 * cols * 2),
+          gu(DType::BF16, n, cols, 2 * cols * 2, cols * 2);
+      gg.set(g);
+      gu.set(u);
+      gpu->silu_mul(gg, gu, gg);
+      EXPECT_LE(rel_l2_error(gg.get(), to_vector(ho)), kBf16Tol);
+      EXPECT_LE(max_norm_error(gg.get(), to_vector(ho)), kBf16Tol);
+      gg.check_untouched("out");
+      gu.check_untouched("up", true);
 
-    for (DType dt : {DType::BF16, DType::F32}) {
-      OwnedTensor ha = host_f32(g, n, cols), hs(DType::F32, n, cols);
-      cpu->add(ha, hu, hs);
-      GpuTensor ga(dt, n, cols, 0, 4), gb(dt, n, cols, (cols + 8) * (dt == DType::F32 ? 4 : 2));
-      ga.set(g);
-      gb.set(u);
-      gpu->add(ga, gb, ga);
-      EXPECT_LE(max_norm_error(ga.get(), to_vector(hs)), dt == DType::F32 ? 1e-6 : 5e-3);
-      ga.check_untouched("a/out");
-      gb.check_untouched("b", true);
+      for (DType dt : {DType::BF16, DType::F32}) {
+        for (size_t offset : {4, 16}) {  // a misaligned and an aligned a/out
+          OwnedTensor ha = host_f32(g, n, cols), hs(DType::F32, n, cols);
+          cpu->add(ha, hu, hs);
+          GpuTensor ga(dt, n, cols, 0, offset),
+              gb(dt, n, cols, (cols + 8) * (dt == DType::F32 ? 4 : 2));
+          ga.set(g);
+          gb.set(u);
+          gpu->add(ga, gb, ga);
+          EXPECT_LE(max_norm_error(ga.get(), to_vector(hs)), dt == DType::F32 ? 1e-6 : 5e-3);
+          ga.check_untouched("a/out");
+          gb.check_untouched("b", true);
+        }
+      }
     }
   }
 }
@@ -263,9 +274,9 @@ TEST_F(CudaRowwise, ArgmaxLowestIndexAmongTies) {
 
 TEST_F(CudaRowwise, SampleMatchesCpu) {
   Random rng(8);
-  const std::vector<SamplingParams> kinds = {{0.0f, 0, 1.0f},   {1.0f, 0, 1.0f},  {0.7f, 50, 1.0f},
-                                             {0.8f, 0, 0.9f},   {1.2f, 40, 0.95f}, {0.5f, 1, 1.0f},
-                                             {1.0f, 0, 0.0f},   {2.0f, 1000, 0.5f}};
+  const std::vector<SamplingParams> kinds = {{0.0f, 0, 1.0f}, {1.0f, 0, 1.0f},   {0.7f, 50, 1.0f},
+                                             {0.8f, 0, 0.9f}, {1.2f, 40, 0.95f}, {0.5f, 1, 1.0f},
+                                             {1.0f, 0, 0.0f}, {2.0f, 1000, 0.5f}};
   for (DType dt : {DType::F32, DType::BF16}) {
     for (int64_t vocab : {2, 500, 49152}) {
       const int64_t n = 64;

@@ -26,6 +26,7 @@
 
 #include "backends/cuda/device_math.cuh"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 
 namespace mil::cuda {
 namespace {
@@ -58,11 +59,34 @@ __device__ __forceinline__ int find_seq(const Params& p, int64_t row) {
   return lo;
 }
 
+// The keys of query row `row` that each split covers: split i takes [i * chunk, (i + 1) *
+// chunk) of the row's `visible` keys. Chunks are multiples of 32 keys and at least
+// kMinSplitKeys long, so that a short context is not cut into many nearly empty splits (decode
+// graphs fix the split count for every context length); splits past the last used one have
+// no keys: the kernels skip them and combine_kernel reads only the `used` ones.
+constexpr int64_t kMinSplitKeys = 64;
+struct SplitSpan {
+  int seq;
+  int64_t visible, chunk;
+  int used;
+};
+__device__ __forceinline__ SplitSpan split_span(const Params& p, int64_t row, int splits) {
+  SplitSpan sp;
+  sp.seq = find_seq(p, row);
+  const int32_t q_len = p.query_start[sp.seq + 1] - p.query_start[sp.seq];
+  sp.visible = static_cast<int64_t>(p.context_len[sp.seq]) - q_len + (row - p.query_start[sp.seq]) + 1;
+  const int64_t chunk = ((sp.visible + splits - 1) / splits + 31) / 32 * 32;
+  sp.chunk = chunk < kMinSplitKeys ? kMinSplitKeys : chunk;
+  sp.used = sp.visible > 0 ? static_cast<int>(imin64(splits, (sp.visible + sp.chunk - 1) / sp.chunk)) : 0;
+  return sp;
+}
+
 constexpr int kWarps = 4;
 
 
 template <int D, int G>
 __global__ void __launch_bounds__(kWarps * 32) legacy_kernel(Params p) {
+  pdl_begin();
   constexpr int kPerLane = D / 32;
   __shared__ float sq[G][D];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
@@ -73,20 +97,11 @@ __global__ void __launch_bounds__(kWarps * 32) legacy_kernel(Params p) {
   const int kh = blockIdx.y;
   const int split = blockIdx.z, splits = gridDim.z;
 
-  // The sequence of this row: the last s with query_start[s] <= row.
-  int lo = 0, hi = p.num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (p.query_start[mid] <= row) lo = mid; else hi = mid - 1;
-  }
-  const int seq = lo;
-  const int32_t q_len = p.query_start[seq + 1] - p.query_start[seq];
-  const int64_t visible = static_cast<int64_t>(p.context_len[seq]) - q_len + (row - p.query_start[seq]) + 1;
-  const int32_t* table = p.block_table + static_cast<int64_t>(seq) * p.max_blocks;
-  // This split's keys [begin, end), cut at multiples of 32.
-  const int64_t chunk = ((visible + splits - 1) / splits + 31) / 32 * 32;
-  const int64_t begin = split * chunk;
-  const int64_t end = imin64(visible, begin + chunk);
+  const SplitSpan sp = split_span(p, row, splits);
+  if (splits > 1 && split >= sp.used) return;  // no keys: combine_kernel skips this split
+  const int32_t* table = p.block_table + static_cast<int64_t>(sp.seq) * p.max_blocks;
+  const int64_t begin = split * sp.chunk;
+  const int64_t end = imin64(sp.visible, begin + sp.chunk);
 
   const int group = p.group;
   for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
@@ -213,22 +228,32 @@ __global__ void __launch_bounds__(kWarps * 32) legacy_kernel(Params p) {
   }
 }
 
-// Merges the splits of one (row, head): blockDim.x == D.
+// Merges the used splits of one (row, head): blockDim.x == D >= splits. Thread t first
+// holds split t's (max, sum) for the weights, then every thread sums its output dim over the
+// splits with independent loads (a loop of dependent loads over 64 splits took 7.5 us).
 template <int D>
 __global__ void combine_kernel(Params p, int splits) {
+  pdl_begin();
+  __shared__ float s_w[D];
+  __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const int h = blockIdx.y, d = threadIdx.x;
+  const int used = split_span(p, row, splits).used;
   const float* part = p.partials + (row * p.heads + h) * splits * (D + 2);
-  float mm = -FLT_MAX;
-  for (int s = 0; s < splits; ++s) mm = fmaxf(mm, part[s * (D + 2)]);
-  float ll = 0.0f, a = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float* ps = part + s * (D + 2);
-    if (ps[1] == 0.0f) continue;
-    const float f = expf(ps[0] - mm);
-    ll += ps[1] * f;
-    a += ps[2 + d] * f;
-  }
+  const float mt = d < used ? part[d * (D + 2)] : -FLT_MAX;
+  const float lt = d < used ? part[d * (D + 2) + 1] : 0.0f;
+  float mm = warp_max(mt);
+  if ((d & 31) == 0) scratch[d >> 5] = mm;
+  __syncthreads();
+  mm = scratch[0];
+#pragma unroll
+  for (int w = 1; w < D / 32; ++w) mm = fmaxf(mm, scratch[w]);
+  const float wt = lt > 0.0f ? expf(mt - mm) : 0.0f;
+  s_w[d] = wt;
+  const float ll = block_sum(lt * wt, scratch);  // its barriers also publish s_w
+  float a = 0.0f;
+#pragma unroll 8
+  for (int t = 0; t < used; ++t) a += s_w[t] * part[t * (D + 2) + 2 + d];
   p.out[row * p.out_stride + static_cast<int64_t>(h) * D + d] = f32_to_bf16_bits(ll > 0.0f ? a / ll : 0.0f);
 }
 
@@ -241,6 +266,7 @@ constexpr int kDUnroll = 8;   // 16-byte loads in flight per thread
 
 template <int D, int G>
 __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
+  pdl_begin();
   constexpr int L = D / 8;                // lanes per key row (one 16-byte load each)
   constexpr int KPS = kDThreads / L;      // keys per block step
   constexpr int kWarpsD = kDThreads / 32;
@@ -254,14 +280,11 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
   const int64_t row = blockIdx.x;
   const int kh = blockIdx.y;
   const int split = blockIdx.z, splits = gridDim.z;
-  const int seq = find_seq(p, row);
-  const int32_t q_len = p.query_start[seq + 1] - p.query_start[seq];
-  const int64_t visible =
-      static_cast<int64_t>(p.context_len[seq]) - q_len + (row - p.query_start[seq]) + 1;
-  const int32_t* table = p.block_table + static_cast<int64_t>(seq) * p.max_blocks;
-  const int64_t chunk = ((visible + splits - 1) / splits + 31) / 32 * 32;
-  const int64_t begin = split * chunk;
-  const int64_t end = imin64(visible, begin + chunk);
+  const SplitSpan sp = split_span(p, row, splits);
+  if (splits > 1 && split >= sp.used) return;  // no keys: combine_kernel skips this split
+  const int32_t* table = p.block_table + static_cast<int64_t>(sp.seq) * p.max_blocks;
+  const int64_t begin = split * sp.chunk;
+  const int64_t end = imin64(sp.visible, begin + sp.chunk);
   const int group = p.group;
   const int64_t kv_col = static_cast<int64_t>(kh) * D + c * 8;
 
@@ -726,12 +749,12 @@ void launch_split(const Params& p, int rows, int splits, bool legacy, cudaStream
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(p.kv_heads),
                   static_cast<unsigned>(splits));
   if (legacy) {
-    legacy_kernel<D, G><<<grid, kWarps * 32, 0, s>>>(p);
+    launch_kernel(legacy_kernel<D, G>, grid, kWarps * 32, 0, s, p);
   } else {
-    decode_kernel<D, G><<<grid, kDThreads, 0, s>>>(p);
+    launch_kernel(decode_kernel<D, G>, grid, kDThreads, 0, s, p);
   }
   if (splits > 1) {
-    combine_kernel<D><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.heads)), D, 0, s>>>(p, splits);
+    launch_kernel(combine_kernel<D>, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p.heads)), D, 0, s, p, splits);
   }
 }
 
@@ -826,6 +849,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t s) {
     splits = std::min(std::max(a.splits, legacy ? 1 : preferred_splits(a.num_rows, p.kv_heads, p.group)),
                       std::max(a.splits, split_cap(a.num_rows)));
   }
+  splits = std::min(splits, kMaxSplits);  // combine_kernel: a thread per split
   if (a.shape.head_dim == 64) {
     if (flash) return launch_flash<64>(p, a.num_rows, s);
     launch_d<64>(p, a.num_rows, splits, legacy, s);

@@ -134,6 +134,29 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 constexpr int kMaxGridY = 65535;
 
+// Programmatic dependent launch (sm_90; launch.cuh's launch_kernel starts kernels this way).
+// Such a kernel may begin while the kernel before it in the stream is still running, so it
+// calls pdl_wait() before it reads anything an earlier kernel wrote or writes anything an
+// earlier kernel reads; before that it may read only constants (weights). pdl_wait() returns
+// once the earlier grid has finished and its writes are visible. pdl_launch_dependents() lets
+// the next kernel start once every block of this one has called it (or exited). Both are
+// no-ops in a kernel launched the ordinary way.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// The usual prologue: wait for the previous kernel, then let the next one start.
+__device__ __forceinline__ void pdl_begin() {
+  pdl_wait();
+  pdl_launch_dependents();
+}
+
 __device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 }  // namespace mil::cuda

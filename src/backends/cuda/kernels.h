@@ -54,7 +54,7 @@ void launch_dequant_to_bf16(Mat w, uint16_t* dst, int64_t dst_ld, cudaStream_t s
 // Which kernel variants run: the fast paths by default; tests and benchmarks switch them
 // for before/after comparisons. Read from the environment at first use (MIL_ATTN_KERNEL=
 // auto|split|legacy, MIL_QGEMV=0|1, MIL_GEMV_BF16=auto|off|N, MIL_GEMV_SPLITK=0|1,
-// MIL_FUSED_ROPE_KV=0|1) and then set in code.
+// MIL_FUSED_ROPE_KV=0|1, MIL_PDL=0|1, MIL_ROW_VEC=0|1) and then set in code.
 struct KernelPolicy {
   enum class Attention { kAuto, kSplit, kLegacy };
   Attention attention = Attention::kAuto;
@@ -62,6 +62,8 @@ struct KernelPolicy {
   bool fused_rope_kv = true;   // rope(q) + rope(k) + kv_store in one kernel (MIL_FUSED_ROPE_KV=0: three)
   bool gemv_splitk = true;     // BF16 GEMV: split-K kernel (MIL_GEMV_SPLITK=0: 8-row warps)
   int bf16_gemv_max_n = -1;    // -1: per-shape choice in Blas; 0: never; N: for n <= N
+  bool pdl = true;             // launch.cuh: programmatic dependent launch (MIL_PDL=0: off)
+  bool row_vec = true;         // vectorized decode row kernels (MIL_ROW_VEC=0: a block per row)
 };
 KernelPolicy& kernel_policy();
 

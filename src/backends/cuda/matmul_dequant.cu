@@ -21,6 +21,7 @@
 
 #include "backends/cuda/device_math.cuh"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 
 namespace mil::cuda {
 namespace {
@@ -31,6 +32,7 @@ constexpr int kRows = 8;
 template <DType T>
 __global__ void __launch_bounds__(kWarps * 32)
     dequant_matmul_kernel(Mat x, Mat w, Mat y) {
+  pdl_begin();
   const int lane = threadIdx.x & 31;
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (o >= w.rows) return;
@@ -98,6 +100,7 @@ __device__ __forceinline__ void gemv_store(float (&acc)[R][N], int64_t row0, int
 
 template <DType T, int N>
 __global__ void __launch_bounds__(kGemvWarps * 32) qgemv_kernel(Mat x, Mat w, Mat y) {
+  pdl_begin();
   constexpr int R = kGemvRowsPerWarp;
   constexpr int BPB = block_bytes<T>();
   constexpr int SEG = 32 * BPB;      // bytes of 32 blocks
@@ -170,6 +173,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) qgemv_kernel(Mat x, Mat w, Ma
 
 template <int N>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w, Mat y) {
+  pdl_begin();
   constexpr int R = kGemvRowsPerWarp;
   constexpr int U = 4;  // 16-byte loads per row in flight
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -233,6 +237,19 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w
 constexpr int kSkWarps = 4;
 constexpr int kSkRows = 2;
 
+template <int R, int U>
+__device__ __forceinline__ void load_weight_chunks(const uint4* const (&wrow)[R], int64_t c0, int64_t cend,
+                                                   uint4 (&wr)[R][U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + 32 * u;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (c < cend) wr[r][u] = __ldcs(wrow[r] + c);  // streamed: no reuse
+    }
+  }
+}
+
 template <int N>
 __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, Mat w, Mat y) {
   constexpr int R = kSkRows;
@@ -255,16 +272,15 @@ __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, 
 #pragma unroll
     for (int n = 0; n < N; ++n) acc[r][n] = 0.0f;
   }
+  // The first weight chunks are constants: their loads go out before the wait for x (under
+  // PDL, while the previous kernel finishes); each later group is issued before the previous
+  // one is consumed.
+  uint4 wr[R][U];
+  load_weight_chunks<R, U>(wrow, cbeg + lane, cend, wr);
+  pdl_begin();
   for (int64_t c0 = cbeg + lane; c0 < cend; c0 += 32 * U) {
-    uint4 wr[R][U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (c < cend) wr[r][u] = __ldcs(wrow[r] + c);
-      }
-    }
+    uint4 next[R][U];
+    if (c0 + 32 * U < cend) load_weight_chunks<R, U>(wrow, c0 + 32 * U, cend, next);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + 32 * u;
@@ -285,6 +301,11 @@ __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, 
           }
         }
       }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) wr[r][u] = next[r][u];
     }
   }
 #pragma unroll
@@ -308,6 +329,7 @@ __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, 
 // Writes the BF16 image of any weight dtype: dst row r at dst + r * dst_ld elements.
 template <DType T>
 __global__ void dequant_to_bf16_kernel(Mat w, uint16_t* dst, int64_t dst_ld) {
+  pdl_begin();
   const int64_t nblk = (w.cols + 31) / 32;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= w.rows * nblk) return;
@@ -346,13 +368,13 @@ bool launch_qgemv(Mat x, Mat w, Mat y, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((w.rows + per_block - 1) / per_block));
   const int threads = kGemvWarps * 32;
   if (x.rows <= 1) {
-    qgemv_kernel<T, 1><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(qgemv_kernel<T, 1>, grid, threads, 0, s, x, w, y);
   } else if (x.rows <= 2) {
-    qgemv_kernel<T, 2><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(qgemv_kernel<T, 2>, grid, threads, 0, s, x, w, y);
   } else if (x.rows <= 4) {
-    qgemv_kernel<T, 4><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(qgemv_kernel<T, 4>, grid, threads, 0, s, x, w, y);
   } else {
-    qgemv_kernel<T, 8><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(qgemv_kernel<T, 8>, grid, threads, 0, s, x, w, y);
   }
   return true;
 }
@@ -369,6 +391,8 @@ KernelPolicy& kernel_policy() {
     if (const char* e = std::getenv("MIL_QGEMV")) p.qgemv = e[0] != '0';
     if (const char* e = std::getenv("MIL_GEMV_SPLITK")) p.gemv_splitk = e[0] != '0';
     if (const char* e = std::getenv("MIL_FUSED_ROPE_KV")) p.fused_rope_kv = e[0] != '0';
+    if (const char* e = std::getenv("MIL_PDL")) p.pdl = e[0] != '0';
+    if (const char* e = std::getenv("MIL_ROW_VEC")) p.row_vec = e[0] != '0';
     if (const char* e = std::getenv("MIL_GEMV_BF16")) {
       if (std::strcmp(e, "off") == 0) {
         p.bf16_gemv_max_n = 0;
@@ -389,13 +413,13 @@ bool launch_gemv_bf16(Mat x, Mat w, Mat y, cudaStream_t s) {
     const dim3 grid(static_cast<unsigned>((w.rows + kSkRows - 1) / kSkRows));
     const int threads = kSkWarps * 32;
     if (x.rows <= 1) {
-      gemv_bf16_splitk_kernel<1><<<grid, threads, 0, s>>>(x, w, y);
+      launch_kernel(gemv_bf16_splitk_kernel<1>, grid, threads, 0, s, x, w, y);
     } else if (x.rows <= 2) {
-      gemv_bf16_splitk_kernel<2><<<grid, threads, 0, s>>>(x, w, y);
+      launch_kernel(gemv_bf16_splitk_kernel<2>, grid, threads, 0, s, x, w, y);
     } else if (x.rows <= 4) {
-      gemv_bf16_splitk_kernel<4><<<grid, threads, 0, s>>>(x, w, y);
+      launch_kernel(gemv_bf16_splitk_kernel<4>, grid, threads, 0, s, x, w, y);
     } else {
-      gemv_bf16_splitk_kernel<8><<<grid, threads, 0, s>>>(x, w, y);
+      launch_kernel(gemv_bf16_splitk_kernel<8>, grid, threads, 0, s, x, w, y);
     }
     return true;
   }
@@ -403,13 +427,13 @@ bool launch_gemv_bf16(Mat x, Mat w, Mat y, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((w.rows + per_block - 1) / per_block));
   const int threads = kGemvWarps * 32;
   if (x.rows <= 1) {
-    gemv_bf16_kernel<1><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(gemv_bf16_kernel<1>, grid, threads, 0, s, x, w, y);
   } else if (x.rows <= 2) {
-    gemv_bf16_kernel<2><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(gemv_bf16_kernel<2>, grid, threads, 0, s, x, w, y);
   } else if (x.rows <= 4) {
-    gemv_bf16_kernel<4><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(gemv_bf16_kernel<4>, grid, threads, 0, s, x, w, y);
   } else {
-    gemv_bf16_kernel<8><<<grid, threads, 0, s>>>(x, w, y);
+    launch_kernel(gemv_bf16_kernel<8>, grid, threads, 0, s, x, w, y);
   }
   return true;
 }
@@ -419,12 +443,12 @@ void launch_dequant_to_bf16(Mat w, uint16_t* dst, int64_t dst_ld, cudaStream_t s
   if (total == 0) return;
   const unsigned grid = static_cast<unsigned>((total + 255) / 256);
   switch (w.dtype) {
-    case DType::F32: dequant_to_bf16_kernel<DType::F32><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
-    case DType::F16: dequant_to_bf16_kernel<DType::F16><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
-    case DType::BF16: dequant_to_bf16_kernel<DType::BF16><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
-    case DType::Q8_0: dequant_to_bf16_kernel<DType::Q8_0><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
-    case DType::Q4_0: dequant_to_bf16_kernel<DType::Q4_0><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
-    case DType::Q4_1: dequant_to_bf16_kernel<DType::Q4_1><<<grid, 256, 0, s>>>(w, dst, dst_ld); break;
+    case DType::F32: launch_kernel(dequant_to_bf16_kernel<DType::F32>, grid, 256, 0, s, w, dst, dst_ld); break;
+    case DType::F16: launch_kernel(dequant_to_bf16_kernel<DType::F16>, grid, 256, 0, s, w, dst, dst_ld); break;
+    case DType::BF16: launch_kernel(dequant_to_bf16_kernel<DType::BF16>, grid, 256, 0, s, w, dst, dst_ld); break;
+    case DType::Q8_0: launch_kernel(dequant_to_bf16_kernel<DType::Q8_0>, grid, 256, 0, s, w, dst, dst_ld); break;
+    case DType::Q4_0: launch_kernel(dequant_to_bf16_kernel<DType::Q4_0>, grid, 256, 0, s, w, dst, dst_ld); break;
+    case DType::Q4_1: launch_kernel(dequant_to_bf16_kernel<DType::Q4_1>, grid, 256, 0, s, w, dst, dst_ld); break;
     default: break;
   }
 }
@@ -446,12 +470,12 @@ void launch_dequant_matmul(Mat x, Mat w, Mat y, cudaStream_t s) {
                   static_cast<unsigned>(std::min<int64_t>((x.rows + kRows - 1) / kRows, 1024)));
   const int threads = kWarps * 32;
   switch (w.dtype) {
-    case DType::F32: dequant_matmul_kernel<DType::F32><<<grid, threads, 0, s>>>(x, w, y); break;
-    case DType::F16: dequant_matmul_kernel<DType::F16><<<grid, threads, 0, s>>>(x, w, y); break;
-    case DType::BF16: dequant_matmul_kernel<DType::BF16><<<grid, threads, 0, s>>>(x, w, y); break;
-    case DType::Q8_0: dequant_matmul_kernel<DType::Q8_0><<<grid, threads, 0, s>>>(x, w, y); break;
-    case DType::Q4_0: dequant_matmul_kernel<DType::Q4_0><<<grid, threads, 0, s>>>(x, w, y); break;
-    case DType::Q4_1: dequant_matmul_kernel<DType::Q4_1><<<grid, threads, 0, s>>>(x, w, y); break;
+    case DType::F32: launch_kernel(dequant_matmul_kernel<DType::F32>, grid, threads, 0, s, x, w, y); break;
+    case DType::F16: launch_kernel(dequant_matmul_kernel<DType::F16>, grid, threads, 0, s, x, w, y); break;
+    case DType::BF16: launch_kernel(dequant_matmul_kernel<DType::BF16>, grid, threads, 0, s, x, w, y); break;
+    case DType::Q8_0: launch_kernel(dequant_matmul_kernel<DType::Q8_0>, grid, threads, 0, s, x, w, y); break;
+    case DType::Q4_0: launch_kernel(dequant_matmul_kernel<DType::Q4_0>, grid, threads, 0, s, x, w, y); break;
+    case DType::Q4_1: launch_kernel(dequant_matmul_kernel<DType::Q4_1>, grid, threads, 0, s, x, w, y); break;
     default: break;  // the glue refuses other dtypes
   }
 }

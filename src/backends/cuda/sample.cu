@@ -12,6 +12,7 @@
 
 #include "backends/cuda/device_math.cuh"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/launch.cuh"
 
 namespace mil::cuda {
 namespace {
@@ -47,6 +48,7 @@ __device__ int32_t block_argmax(const void* row, int64_t n, DType t) {
 }
 
 __global__ void __launch_bounds__(kThreads) argmax_kernel(Mat logits, int32_t* out) {
+  pdl_begin();
   const void* row = row_ptr(logits.data, logits.stride, blockIdx.x);
   const int32_t best = block_argmax(row, logits.cols, logits.dtype);
   if (threadIdx.x == 0) out[blockIdx.x] = best;
@@ -167,7 +169,7 @@ size_t sort_temp_bytes(int64_t rows, int64_t n) {
 
 void launch_argmax(Mat logits, int32_t* out, cudaStream_t s) {
   if (logits.rows == 0) return;
-  argmax_kernel<<<static_cast<unsigned>(logits.rows), kThreads, 0, s>>>(logits, out);
+  launch_kernel(argmax_kernel, static_cast<unsigned>(logits.rows), kThreads, 0, s, logits, out);
 }
 
 size_t sample_workspace_bytes(int64_t rows, int64_t vocab) {
