@@ -1,7 +1,8 @@
 // matmul on CUDA against the CPU backend, for every weight dtype, n in {1, 7, 64, 300},
 // strided x / w / y views, BF16 and F32 outputs, cuBLASLt and the cuBLAS fallback; the
 // decode kernels (BF16 GEMV, Q8_0/Q4_0/Q4_1 GEMV) at n <= 8 with partial and full 32-block
-// segments, forced on and off through KernelPolicy.
+// segments, forced on and off through KernelPolicy; quantized prefill sizes with BF16 y
+// through dequantized BF16 bands + cuBLASLt (F32 y: the f32-dequantizing kernel).
 // Tolerances: BF16 y: rel L2 <= 1e-2 (output rounding, ~2e-3 expected); F32 y: rel L2
 // <= 1e-4 (f32 accumulation in a different order; F16 weights see x converted to F16,
 // exact for these inputs).
@@ -20,13 +21,15 @@ struct MatmulCase {
   int64_t n, k;
   bool lt;
   int gemv = -1;  // KernelPolicy::bf16_gemv_max_n for BF16; 0 also turns the quantized GEMV off
+  int64_t band = 0;  // KernelPolicy::dequant_band_rows (quantized, n > 8, BF16 y)
 };
 
 struct MatmulPolicyScope {
   cuda::KernelPolicy saved = cuda::kernel_policy();
-  explicit MatmulPolicyScope(int gemv) {
+  MatmulPolicyScope(int gemv, int64_t band) {
     cuda::kernel_policy().bf16_gemv_max_n = gemv;
     cuda::kernel_policy().qgemv = gemv != 0;
+    cuda::kernel_policy().dequant_band_rows = band;
   }
   ~MatmulPolicyScope() { cuda::kernel_policy() = saved; }
 };
@@ -35,7 +38,7 @@ class CudaMatmul : public CudaOpsTest, public ::testing::WithParamInterface<Matm
 
 TEST_P(CudaMatmul, MatchesCpu) {
   const MatmulCase c = GetParam();
-  const MatmulPolicyScope policy(c.gemv);
+  const MatmulPolicyScope policy(c.gemv, c.band);
   if (!c.lt) gpu = make_cuda_ops(0, CudaOpsOptions{false, 0});
   Random rng(static_cast<uint32_t>(c.n * 31 + c.k + static_cast<int>(c.w)));
   const int64_t m = 384, n = c.n, k = c.k;
@@ -89,13 +92,17 @@ std::vector<MatmulCase> cases() {
     }
     all.push_back({w, 5, 1536, true, 0});  // first-version kernel / cuBLASLt
   }
+  for (DType w : {DType::Q8_0, DType::Q4_1}) {
+    all.push_back({w, 64, 512, true, -1, 128});  // BF16 y: three bands of dequantized rows
+  }
   return all;
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, CudaMatmul, ::testing::ValuesIn(cases()), [](const auto& param_info) {
   const MatmulCase& c = param_info.param;
-  return fmt::format("{}_n{}_k{}_{}{}", dtype_name(c.w), c.n, c.k, c.lt ? "lt" : "cublas",
-                     c.gemv < 0 ? "" : c.gemv == 0 ? "_nogemv" : "_gemv");
+  return fmt::format("{}_n{}_k{}_{}{}{}", dtype_name(c.w), c.n, c.k, c.lt ? "lt" : "cublas",
+                     c.gemv < 0 ? "" : c.gemv == 0 ? "_nogemv" : "_gemv",
+                     c.band > 0 ? fmt::format("_band{}", c.band) : "");
 });
 
 }  // namespace

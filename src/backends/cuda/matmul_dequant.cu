@@ -393,6 +393,7 @@ KernelPolicy& kernel_policy() {
     if (const char* e = std::getenv("MIL_FUSED_ROPE_KV")) p.fused_rope_kv = e[0] != '0';
     if (const char* e = std::getenv("MIL_PDL")) p.pdl = e[0] != '0';
     if (const char* e = std::getenv("MIL_ROW_VEC")) p.row_vec = e[0] != '0';
+    if (const char* e = std::getenv("MIL_DEQUANT_GEMM")) p.dequant_gemm = e[0] != '0';
     if (const char* e = std::getenv("MIL_GEMV_BF16")) {
       if (std::strcmp(e, "off") == 0) {
         p.bf16_gemv_max_n = 0;
