@@ -8,8 +8,10 @@
 // read, until synchronize()).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "core/buffer.h"
 #include "core/error.h"
@@ -68,6 +70,17 @@ struct LoraProjection {
   uint64_t generation = 0;
 };
 
+// The largest steps a model will run, for Ops::reserve_workspaces (engine warm-up).
+struct StepLimits {
+  int64_t max_rows = 0;         // token rows of one step
+  int64_t max_sample_rows = 0;  // logits rows one step hands to sample()
+  int64_t vocab = 0;            // columns of those logits
+  AttentionShape attention;     // the shape every attention call of the model has
+  // The LoRA projections steps may name: a backend that keeps per-projection state (CUDA's
+  // device copies of the slot tables) allocates it now, at the projection's num_slots.
+  std::vector<const LoraProjection*> lora;
+};
+
 // A recorded sequence of ops (a CUDA graph) that replays the same launches on the same
 // memory: the inputs it reads must be written in place (same addresses) before launch().
 class OpsGraph {
@@ -100,6 +113,18 @@ class Ops {
     (void)total_bytes;
     return false;
   }
+  // Sizes the workspaces the backend grows inside ops (attention partials, sampling, LoRA
+  // slot tables) for every step within `limits`, so that such steps allocate nothing later:
+  // the engine calls it at warm-up, before it sizes the KV cache from the memory left.
+  // Workspaces that depend only on the shapes of a model's own matmuls are sized by running
+  // a step of the largest shape (the engine's warm-up does both). Backends without
+  // workspaces do nothing.
+  virtual void reserve_workspaces(const StepLimits& limits) { (void)limits; }
+  // How many allocations of the backend's memory have been made so far: allocate(),
+  // allocate_host() and every workspace an op grew. After warm-up a step of any shape within
+  // its limits must leave it unchanged (no allocation on the hot path; tests check it).
+  // Host scratch of the CPU backend's kernels (std::vector) is not the backend's memory.
+  uint64_t allocation_count() const { return allocations_.load(std::memory_order_relaxed); }
 
   // Graph capture (plan/run split). Between begin_capture() and end_capture() ops are
   // recorded, not run; nothing may allocate, upload, download or synchronize in between, and
@@ -161,6 +186,14 @@ class Ops {
   // sorted by decreasing probability. Greedy rows take the argmax.
   virtual void sample(const Tensor& logits, const SamplingParams* params, const float* uniforms,
                       int32_t* out) = 0;
+
+ protected:
+  // Backends call this once per allocation of their memory (see allocation_count()).
+  void count_allocation() { allocations_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  // Atomic: the adapter store allocates on the engine thread while tests read it.
+  std::atomic<uint64_t> allocations_{0};
 };
 
 std::unique_ptr<Ops> make_cpu_ops(int num_threads);

@@ -12,6 +12,7 @@
 #include <cctype>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -45,7 +46,12 @@ struct ServeOptions {
   int32_t max_top_n_tokens = 5;
   int32_t max_client_batch_size = 4;
   int64_t payload_limit = 2000000;
-  int64_t kv_cache_memory_mib = 0;  // 0: 1024 on the CPU, 90% of free GPU memory on CUDA
+  int64_t kv_cache_memory_mib = 0;  // 0: 1024 on the CPU, measured at warm-up on CUDA
+  // TGI's: the share of the GPU's memory MIL may use (the KV cache takes what warm-up leaves
+  // of it). 0.9, not TGI's 1.0: what is allocated after the KV cache is sized (LoRA adapters
+  // made resident by requests, the driver's and cuBLAS's own growth) and other processes on
+  // the GPU need the rest.
+  double cuda_memory_fraction = 0.9;
   int32_t block_size = 16;
   bool disable_prefix_caching = false;
   std::vector<std::string> lora_adapters;
@@ -130,6 +136,8 @@ void check_flags(const ServeOptions& o) {
     }
   }
   MIL_CHECK(o.kv_cache_memory_mib >= 0, "--kv-cache-memory must be positive (MiB; 0: automatic)");
+  MIL_CHECK(o.cuda_memory_fraction > 0 && o.cuda_memory_fraction <= 1,
+            "--cuda-memory-fraction must be in (0, 1], got {}", o.cuda_memory_fraction);
   MIL_CHECK(o.block_size > 0, "--block-size must be positive");
   MIL_CHECK(o.payload_limit > 0, "--payload-limit must be positive");
   MIL_CHECK(o.io_threads >= 1, "--io-threads must be at least 1");
@@ -181,6 +189,9 @@ Limits derive_limits(const ServeOptions& o, const ModelConfig& config, const Eng
   return l;
 }
 
+double mib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+double mib(size_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
 std::string join(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
@@ -227,25 +238,36 @@ void run_serve(ServeOptions o) {
 
   EngineOptions eo;
   eo.block_size = o.block_size;
-  eo.kv_memory_bytes = o.kv_cache_memory_mib << 20;
-  if (o.kv_cache_memory_mib == 0) {
-    // Automatic: what the backend's memory holds after the weights and activations (90% of
-    // the free memory, less room for the workspaces that grow at the first steps), else 1 GiB.
-    size_t free_bytes = 0, total_bytes = 0;
-    if (m.ops->memory_info(&free_bytes, &total_bytes)) {
-      const int64_t workspaces = int64_t{1} << 30;
-      eo.kv_memory_bytes = std::max<int64_t>(
-          static_cast<int64_t>(static_cast<double>(free_bytes) * 0.9) - workspaces, int64_t{64} << 20);
-    } else {
-      eo.kv_memory_bytes = int64_t{1024} << 20;
-    }
-  }
+  // --kv-cache-memory given: that budget. Automatic: the engine measures the memory left after
+  // its warm-up where the backend can tell (CUDA; --cuda-memory-fraction), else 1 GiB.
+  eo.kv_memory_bytes =
+      o.kv_cache_memory_mib > 0 ? o.kv_cache_memory_mib << 20 : int64_t{1024} << 20;
+  eo.memory_fraction = o.kv_cache_memory_mib > 0 ? 0.0 : o.cuda_memory_fraction;
   eo.max_batch_prefill_tokens = o.max_batch_prefill_tokens;
   eo.max_batch_total_tokens = o.max_batch_total_tokens;
   eo.prefix_caching = !o.disable_prefix_caching;
-  spdlog::info("device: {}; sizing the KV cache ({} MiB)", m.device, eo.kv_memory_bytes >> 20);
+  // No more sequences than that can ever run at once (each admitted HTTP request submits at
+  // most max_client_batch_size prompts); it bounds the largest decode batch warm-up sizes
+  // the logits for, without limiting the scheduler.
+  eo.max_batch_size = static_cast<int32_t>(std::min<int64_t>(
+      int64_t{o.max_concurrent_requests} * o.max_client_batch_size, INT32_MAX));
+  size_t free_bytes = 0, total_bytes = 0;
+  if (o.kv_cache_memory_mib == 0 && m.ops->memory_info(&free_bytes, &total_bytes)) {
+    spdlog::info("device: {}; warming up, then sizing the KV cache to use {:.0f}% of {:.1f} MiB",
+                 m.device, o.cuda_memory_fraction * 100, mib(total_bytes));
+  } else {
+    spdlog::info("device: {}; warming up; KV cache budget {} MiB", m.device,
+                 eo.kv_memory_bytes >> 20);
+  }
   std::unique_ptr<Engine> engine = make_engine(*m.model, tokenizer, eo);
   const EngineStats kv = engine->stats();
+  if (kv.device_total_bytes > 0) {
+    spdlog::info("warm-up: {:.1f} MiB free before, {:.1f} MiB after (step buffers and "
+                 "workspaces {:.1f} MiB), decode graphs {:.1f} MiB, of {:.1f} MiB",
+                 mib(kv.free_before_warmup), mib(kv.free_after_warmup),
+                 mib(kv.free_before_warmup - kv.free_after_warmup), mib(kv.graph_reserve_bytes),
+                 mib(kv.device_total_bytes));
+  }
   const Limits limits = derive_limits(o, config, kv);
 
   spdlog::info("KV cache: {} blocks x {} tokens = {} tokens, {:.1f} MiB; prefix caching {}",
@@ -360,8 +382,12 @@ void add_serve_command(CLI::App& app) {
   add(*cmd, "--payload-limit", o->payload_limit, "bytes of a request body; more: 413")
       ->capture_default_str();
   add(*cmd, "--kv-cache-memory", o->kv_cache_memory_mib,
-      "memory of the KV cache, MiB (0: 1024 on the CPU; on CUDA 90% of the free GPU memory "
-      "after loading, less 1 GiB for workspaces)")
+      "memory of the KV cache, MiB (0: 1024 on the CPU; on CUDA what --cuda-memory-fraction "
+      "leaves after warm-up)")
+      ->capture_default_str();
+  add(*cmd, "--cuda-memory-fraction", o->cuda_memory_fraction,
+      "share of the GPU's memory MIL may use; the KV cache takes what warm-up leaves of it "
+      "(ignored with --kv-cache-memory)")
       ->capture_default_str();
   add(*cmd, "--block-size", o->block_size, "tokens per KV block")
       ->capture_default_str()

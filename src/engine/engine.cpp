@@ -25,6 +25,7 @@
 #include "engine/logits_processor.h"
 #include "engine/scheduler.h"
 #include "engine/stop_matcher.h"
+#include "engine/warmup.h"
 #include "model/llama.h"
 #include "tokenizer/model_tokenizer.h"
 
@@ -170,11 +171,18 @@ class EngineImpl final : public Engine {
   void fill_final(Sequence& s, RequestEvent& event, Clock::time_point now) const;
   TokenInfo token_info(int32_t id, float logprob) const;
   void publish_stats(const StepReport* report);
+  void fill_memory_stats(EngineStats& st) const {
+    st.device_total_bytes = sizing_.device_total;
+    st.free_before_warmup = sizing_.free_before;
+    st.free_after_warmup = sizing_.free_after;
+    st.graph_reserve_bytes = sizing_.graph_reserve;
+  }
 
   LlamaModel& model_;
   const ModelTokenizer& tokenizer_;
   EngineOptions options_;
   AdapterStore* adapters_;
+  KvSizing sizing_;  // filled by warm_up_and_size_kv before cache_ is made
   KVCache cache_;
   BlockManager blocks_;
   SchedulerBudgets budgets_;
@@ -199,30 +207,21 @@ class EngineImpl final : public Engine {
   std::thread thread_;
 };
 
-int64_t kv_blocks_for(const LlamaModel& model, const EngineOptions& o, int64_t* bytes_per_block) {
-  MIL_CHECK(o.block_size > 0, "engine: block_size must be positive, got {}", o.block_size);
-  *bytes_per_block = model.kv_bytes_per_block(o.block_size);
-  const int64_t blocks = o.kv_blocks > 0 ? o.kv_blocks : o.kv_memory_bytes / *bytes_per_block;
-  MIL_CHECK(blocks >= 1, "engine: {} bytes of KV memory hold no block of {} tokens ({} bytes)",
-            o.kv_memory_bytes, o.block_size, *bytes_per_block);
-  return blocks;
+// Rows of prompt logits one step may ask for (see kPromptLogitBytes).
+int64_t prompt_logit_rows(const LlamaModel& model) {
+  return std::max<int64_t>(1, kPromptLogitBytes / (model.config().vocab_size * 4));
 }
 
-int64_t kv_blocks_checked(const LlamaModel& model, const EngineOptions& o) {
-  int64_t unused = 0;
-  return kv_blocks_for(model, o, &unused);
-}
-
+// Warm-up and KV sizing (warmup.h) run before the cache is made, in the initializer list.
 EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options)
     : model_(model),
       tokenizer_(tokenizer),
       options_(options),
       adapters_(model.adapters()),
-      cache_(model.make_kv_cache(kv_blocks_checked(model, options), options.block_size)),
+      sizing_(warm_up_and_size_kv(model, options, prompt_logit_rows(model))),
+      cache_(model.make_kv_cache(sizing_.blocks, options.block_size)),
       blocks_(cache_.num_blocks(), options.block_size, options.prefix_caching) {
-  int64_t bytes_per_block = 0;
-  kv_blocks_for(model, options, &bytes_per_block);
-  kv_bytes_ = bytes_per_block * cache_.num_blocks();
+  kv_bytes_ = sizing_.bytes_per_block * cache_.num_blocks();
   const int64_t cache_tokens = cache_.num_blocks() * options.block_size;
   MIL_CHECK(options.max_batch_prefill_tokens > 0, "engine: max_batch_prefill_tokens must be positive");
   budgets_.block_size = options.block_size;
@@ -231,8 +230,7 @@ EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, Engin
                               ? std::min(options.max_batch_total_tokens, cache_tokens)
                               : cache_tokens;
   budgets_.max_batch_size = options.max_batch_size;
-  budgets_.step_logit_rows =
-      std::max<int64_t>(1, kPromptLogitBytes / (model.config().vocab_size * 4));
+  budgets_.step_logit_rows = prompt_logit_rows(model);
 
   eos_ids_ = model.config().eos_token_ids;
   if (!tokenizer.eos_token().empty()) {
@@ -245,6 +243,7 @@ EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, Engin
   stats_.max_batch_prefill_tokens = budgets_.step_tokens;
   stats_.max_batch_total_tokens = budgets_.total_tokens;
   stats_.free_blocks = blocks_.free_blocks();
+  fill_memory_stats(stats_);
   if (!options.decode_graph_batch_sizes.empty()) {
     const int64_t most_blocks = std::min<int64_t>(
         cache_.num_blocks(),
@@ -745,6 +744,7 @@ void EngineImpl::publish_stats(const StepReport* report) {
   for (const auto& s : running_) st.running_tokens += s->computed;
   st.preemptions = preemptions_;
   st.prefix_cache_hits = prefix_hits_;
+  fill_memory_stats(st);
   StepObserver observer;
   {
     std::lock_guard lock(stats_mu_);

@@ -21,11 +21,29 @@ class LlamaModel;
 class ModelTokenizer;
 class AdapterStore;
 
+// Start-up (warm-up, then sizing): the engine first allocates every per-step buffer and
+// workspace at its largest (LlamaModel::reserve: max_batch_prefill_tokens rows, the largest
+// decode batch, logits rows, LoRA rank) and, where the backend reports its free memory (CUDA),
+// runs a prefill and a decode step of the largest shapes over a scratch cache and captures
+// the decode graphs once to measure them; then it sizes the KV cache, then captures the
+// decode graphs for it. Steps within those maxima allocate nothing afterwards.
 struct EngineOptions {
   int32_t block_size = 16;
-  // KV cache size: kv_blocks when > 0, else as many blocks as kv_memory_bytes holds.
+  // KV cache size: kv_blocks when > 0; else, when memory_fraction > 0 and the backend
+  // reports its free memory (CUDA), what is left after warm-up (see memory_fraction); else as
+  // many blocks as kv_memory_bytes holds.
   int64_t kv_blocks = 0;
   int64_t kv_memory_bytes = int64_t{1} << 30;
+  // TGI's --cuda-memory-fraction: the share of the device's total memory that may be in use
+  // once the KV cache is allocated (the KV cache takes free memory after warm-up less
+  // (1 - memory_fraction) x total, less the decode graphs' reserve). In (0, 1]; 0: off.
+  double memory_fraction = 0;
+  // The LoRA rank reserved at warm-up (with the largest resident adapter's, if larger). An
+  // adapter of a larger rank still runs; its first step grows the workspace.
+  int32_t max_lora_rank = 64;
+  // Runs the warm-up steps even where the backend cannot report free memory (the CPU, where
+  // there is nothing to measure and reserving alone sizes every buffer). For tests.
+  bool always_warm_up = false;
   int64_t max_batch_prefill_tokens = 4096;  // prompt tokens (and decode rows) per step
   int64_t max_batch_total_tokens = 0;       // KV tokens of all running sequences; 0 = the cache
   int32_t max_batch_size = 0;               // running sequences; 0 = unlimited
@@ -49,6 +67,11 @@ struct EngineStats {
   int64_t running_tokens = 0;   // KV tokens they hold
   int64_t preemptions = 0;      // total sequences preempted (recompute)
   int64_t prefix_cache_hits = 0;  // total prompt tokens served from the prefix cache
+  // Start-up measurements (device bytes; all 0 where the backend cannot report its memory).
+  int64_t device_total_bytes = 0;
+  int64_t free_before_warmup = 0;   // after loading the weights, before the engine allocated
+  int64_t free_after_warmup = 0;    // every step buffer and workspace allocated, no KV cache
+  int64_t graph_reserve_bytes = 0;  // kept back for the decode graphs (measured at warm-up)
 };
 
 // Reported after every step, on the engine thread (for metrics; must not block).

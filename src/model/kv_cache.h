@@ -24,14 +24,18 @@ class KVCache {
   int64_t num_blocks() const { return num_blocks_; }
   int32_t block_size() const { return block_size_; }
   DType dtype() const { return dtype_; }
-  const Tensor& keys(int64_t layer) const { return keys_[layer].view(); }
-  const Tensor& values(int64_t layer) const { return values_[layer].view(); }
+  const Tensor& keys(int64_t layer) const { return keys_[layer]; }
+  const Tensor& values(int64_t layer) const { return values_[layer]; }
 
  private:
   int64_t num_blocks_;
   int32_t block_size_;
   DType dtype_;
-  std::vector<OwnedTensor> keys_, values_;
+  // One allocation for every layer's keys and values: the cache is sized to the block from
+  // the memory left after warm-up, and one allocation rounds up (to the device's allocation
+  // granularity) once instead of 2 x layers times.
+  OwnedTensor storage_;
+  std::vector<Tensor> keys_, values_;  // row ranges of storage_
 };
 
 }  // namespace mil

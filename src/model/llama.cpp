@@ -233,6 +233,109 @@ void LlamaModel::run_body(int64_t n, const AttentionBatch& batch, const KVCache&
   ops_.matmul(gathered, weights_.lm_head, logits);
 }
 
+// --- Warm-up -------------------------------------------------------------------------------
+
+void LlamaModel::reserve(const StepMaxima& mx) {
+  MIL_CHECK(mx.logit_rows >= 0 && mx.sample_rows >= 0 && mx.seqs >= 1 && mx.blocks_per_seq >= 1 &&
+                mx.lora_rank >= 0,
+            "reserve: invalid step maxima (logit rows {}, sample rows {}, seqs {}, blocks per "
+            "sequence {}, LoRA rank {})",
+            mx.logit_rows, mx.sample_rows, mx.seqs, mx.blocks_per_seq, mx.lora_rank);
+  if (pending_sync_) {  // buffers below may be replaced: the last step must be done with them
+    ops_.synchronize();
+    pending_sync_ = false;
+  }
+  const int64_t n = max_tokens_;
+  const int64_t seqs = std::min<int64_t>(mx.seqs, n);
+  const int64_t logit_rows = std::min(mx.logit_rows, n);
+  const int64_t vocab = weights_.dims().vocab;
+  if (logit_rows > 0 && logits_.view().rows < logit_rows) {
+    logits_ = ops_.allocate(DType::F32, logit_rows, vocab);
+    logit_input_ = ops_.allocate(ops_.activation_dtype(), logit_rows, config().hidden_size);
+  }
+  // finish() downloads device logits here; the CPU backend's are host memory already.
+  if (logit_rows > 0 && ops_.device() != Device::CPU && host_logits_.view().rows < logit_rows) {
+    host_logits_ = ops_.allocate_host(DType::F32, logit_rows, vocab);
+  }
+  if (adapters_ != nullptr) {
+    const int64_t rank = std::max<int64_t>({mx.lora_rank, adapters_->max_rank(), 1});
+    if (lora_v_.view().cols < rank) lora_v_ = ops_.allocate(DType::F32, max_tokens_, rank);
+  }
+  // The step's arrays as upload_step packs them: ids, positions and slots of n rows,
+  // query_start and context_len, the block table, the logit rows, and the LoRA segments
+  // (int32 triples, at most one per sequence).
+  const int64_t ints =
+      3 * n + (seqs + 1) + seqs + seqs * mx.blocks_per_seq + logit_rows + 3 * seqs;
+  if (step_host_.view().cols < ints) {
+    step_host_ = ops_.allocate_host(DType::I32, 1, ints);
+    step_device_ = ops_.allocate(DType::I32, 1, ints);
+  }
+  StepLimits limits;
+  limits.max_rows = n;
+  limits.max_sample_rows = std::min(mx.sample_rows, n);
+  limits.vocab = vocab;
+  limits.attention = attn_shape_;
+  if (adapters_ != nullptr) {
+    for (int64_t layer = 0; layer < config().num_layers; ++layer) {
+      for (int t = 0; t < kNumLoraTargets; ++t) {
+        limits.lora.push_back(&adapters_->projection(layer, static_cast<LoraTarget>(t)));
+      }
+    }
+  }
+  ops_.reserve_workspaces(limits);
+}
+
+void LlamaModel::warm_up(const StepMaxima& mx, int32_t block_size) {
+  MIL_CHECK(block_size > 0, "warm-up: block_size must be positive, got {}", block_size);
+  const int64_t n = max_tokens_;
+  // The prefill: n rows in sequences of at most the model's positions, each in its own blocks.
+  const int64_t seq_len = std::min<int64_t>(n, config().max_position_embeddings);
+  const int64_t prefill_seqs = (n + seq_len - 1) / seq_len;
+  const int64_t per_seq = (seq_len + block_size - 1) / block_size;
+  // The decode batch: one row per sequence at position 0, row i in slot i.
+  const int64_t decode_seqs = std::min<int64_t>(std::max(mx.seqs, 1), n);
+  const int64_t blocks =
+      std::max(prefill_seqs * per_seq, (decode_seqs + block_size - 1) / block_size);
+  const KVCache cache = make_kv_cache(blocks, block_size);
+  const int64_t logit_rows = std::min(mx.logit_rows, n);
+
+  StepBatch prefill;
+  prefill.max_blocks_per_seq = static_cast<int32_t>(per_seq);
+  prefill.query_start.push_back(0);
+  for (int64_t s = 0; s < prefill_seqs; ++s) {
+    const int64_t len = std::min(seq_len, n - s * seq_len);
+    for (int64_t t = 0; t < len; ++t) {
+      prefill.token_ids.push_back(0);
+      prefill.positions.push_back(static_cast<int32_t>(t));
+      prefill.slots.push_back(static_cast<int32_t>(s * per_seq * block_size + t));
+    }
+    prefill.query_start.push_back(static_cast<int32_t>(prefill.token_ids.size()));
+    prefill.context_len.push_back(static_cast<int32_t>(len));
+    for (int64_t b = 0; b < per_seq; ++b) {
+      prefill.block_table.push_back(static_cast<int32_t>(s * per_seq + b));
+    }
+  }
+  for (int64_t r = n - logit_rows; r < n; ++r) {
+    prefill.logit_rows.push_back(static_cast<int32_t>(r));
+  }
+  (void)forward(prefill, cache);
+
+  StepBatch decode;
+  decode.max_blocks_per_seq = 1;
+  decode.query_start.push_back(0);
+  for (int64_t i = 0; i < decode_seqs; ++i) {
+    decode.token_ids.push_back(0);
+    decode.positions.push_back(0);
+    decode.slots.push_back(static_cast<int32_t>(i));
+    decode.query_start.push_back(static_cast<int32_t>(i + 1));
+    decode.context_len.push_back(1);
+    decode.block_table.push_back(static_cast<int32_t>(i / block_size));
+    if (i < logit_rows) decode.logit_rows.push_back(static_cast<int32_t>(i));
+  }
+  (void)forward(decode, cache);
+  ops_.synchronize();
+}
+
 // --- Decode graphs -------------------------------------------------------------------------
 
 std::vector<int32_t> LlamaModel::decode_graph_batch_sizes() const {

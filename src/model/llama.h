@@ -44,6 +44,16 @@ struct StepBatch {
   std::vector<LoraSegment> lora_segments;
 };
 
+// The largest steps a caller will run: what LlamaModel::reserve sizes every per-step buffer
+// for (rows are at most max_tokens_per_step).
+struct StepMaxima {
+  int64_t logit_rows = 1;      // rows of logits one step asks for
+  int64_t sample_rows = 0;     // rows one step argmaxes or samples with the backend's ops
+  int32_t seqs = 1;            // sequences in one step
+  int32_t blocks_per_seq = 1;  // width of a step's block table (StepBatch::max_blocks_per_seq)
+  int32_t lora_rank = 0;       // the largest adapter rank a step may name
+};
+
 // Where forward() leaves the logits.
 enum class LogitsOn { Host, Device };
 
@@ -67,6 +77,18 @@ class LlamaModel {
   // the backend's memory without waiting for the step (the caller synchronizes before it
   // reads anything the step produced; the next forward waits for it).
   Tensor forward(const StepBatch& step, const KVCache& cache, LogitsOn where = LogitsOn::Host);
+
+  // Warm-up (no allocation on the hot path). reserve() allocates every per-step buffer
+  // (activations are allocated by the constructor) at its size for the largest step within
+  // `maxima`, and has the backend size its op workspaces (Ops::reserve_workspaces): a step
+  // within them then allocates nothing. Larger steps still work (their buffers grow).
+  void reserve(const StepMaxima& maxima);
+  // Runs the largest steps within `maxima` (a prefill of max_tokens_per_step rows, then a
+  // decode batch of maxima.seqs rows) over a scratch KV cache of `block_size` tokens per block
+  // that is freed on return, so that whatever the backend allocates at its first use of a
+  // shape (cuBLASLt, matmul staging) is allocated before the caller measures free memory.
+  // The KV contents it writes are garbage and thrown away.
+  void warm_up(const StepMaxima& maxima, int32_t block_size);
 
   // Default batch sizes of the decode graphs.
   static std::vector<int32_t> default_graph_batch_sizes() { return {1, 2, 4, 8, 16, 32, 64, 128}; }

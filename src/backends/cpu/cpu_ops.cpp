@@ -49,6 +49,7 @@ class CpuOps final : public Ops {
   OwnedTensor allocate(DType dtype, int64_t rows, int64_t cols) override {
     MIL_CHECK(rows >= 0 && cols >= 0 && cols % block_elems(dtype) == 0,
               "allocate: {} x {} {} is not a valid shape", rows, cols, dtype_name(dtype));
+    count_allocation();
     return OwnedTensor(dtype, rows, cols);
   }
   OwnedTensor allocate_host(DType dtype, int64_t rows, int64_t cols) override {

@@ -102,6 +102,7 @@ class CudaOps final : public Ops {
     set_device();
     const size_t bytes = std::max<size_t>(row_bytes(dtype, cols) * static_cast<size_t>(rows), 256);
     void* p = nullptr;
+    count_allocation();
     const cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
@@ -120,6 +121,7 @@ class CudaOps final : public Ops {
     set_device();
     const size_t bytes = std::max<size_t>(row_bytes(dtype, cols) * static_cast<size_t>(rows), 64);
     void* p = nullptr;
+    count_allocation();
     MIL_CUDA_CHECK(cudaMallocHost(&p, bytes));
     return OwnedTensor(Tensor::contiguous(dtype, rows, cols, p, Device::CPU),
                        [](void* q) { (void)cudaFreeHost(q); });
@@ -397,14 +399,7 @@ class CudaOps final : public Ops {
     const int32_t heads = shape.num_heads, kv_heads = shape.num_kv_heads, dim = shape.head_dim;
     MIL_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0,
               "attention: {} heads / {} kv heads", heads, kv_heads);
-    // The tuned kernel takes head_dim 64/128 with GQA ratios up to 8; other shapes (up to
-    // head_dim 256) take the generic one.
-    // MIL_ATTN_KERNEL=generic sends every shape to the generic kernel (a cross-check).
-    static const bool force_generic = [] {
-      const char* e = std::getenv("MIL_ATTN_KERNEL");
-      return e != nullptr && std::string(e) == "generic";
-    }();
-    const bool tuned = !force_generic && (dim == 64 || dim == 128) && heads / kv_heads <= 8;
+    const bool tuned = tuned_attention(shape);
     MIL_CHECK(tuned || (dim > 0 && dim % 2 == 0 && dim <= kGenericAttentionMaxDim),
               "attention: head_dim {} (CUDA takes even head dims up to {})", dim,
               kGenericAttentionMaxDim);
@@ -443,11 +438,7 @@ class CudaOps final : public Ops {
       MIL_CUDA_CHECK_LAUNCH();
       return;
     }
-    int splits = options_.attention_splits;
-    if (splits <= 0) {
-      const int64_t blocks = q.rows * kv_heads;
-      splits = static_cast<int>(std::clamp<int64_t>((2 * sms_ + blocks - 1) / blocks, 1, 64));
-    }
+    const int splits = attention_splits(q.rows, kv_heads);
     a.splits = splits;
     if (splits > 1) {
       const size_t floats = attention_partials_floats(a.num_rows, heads, dim, splits);
@@ -534,8 +525,65 @@ class CudaOps final : public Ops {
     MIL_CUDA_CHECK_LAUNCH();
   }
 
+  void reserve_workspaces(const StepLimits& l) override {
+    MIL_CHECK(l.max_rows >= 0 && l.max_sample_rows >= 0 && l.vocab >= 0,
+              "reserve_workspaces: negative limits");
+    // Attention partials: the split count falls as rows grow, so the largest workspace is
+    // not at the most rows; take the largest over every row count a step may have.
+    const AttentionShape& sh = l.attention;
+    if (l.max_rows > 0 && sh.num_kv_heads > 0 && tuned_attention(sh)) {
+      size_t most = 0;
+      for (int64_t rows = 1; rows <= l.max_rows; ++rows) {
+        const int splits = attention_splits(rows, sh.num_kv_heads);
+        if (splits > 1) {
+          most = std::max(most, attention_partials_floats(static_cast<int32_t>(rows), sh.num_heads,
+                                                          sh.head_dim, splits));
+        }
+      }
+      if (most > 0) workspace(ws_attn_, most * sizeof(float), "attention");
+    }
+    // Sampling: sample() takes at most INT32_MAX - 1 logits at once.
+    if (l.max_sample_rows > 0 && l.vocab > 0) {
+      const int64_t rows = std::min<int64_t>(l.max_sample_rows, (INT32_MAX - 1) / l.vocab);
+      if (rows > 0) workspace(ws_sample_, sample_workspace_bytes(rows, l.vocab), "sample");
+    }
+    // LoRA: each projection's device slot table at its slot count; slot_table() fills it
+    // at the first step that names an adapter (its num_slots stays 0 until then).
+    for (const LoraProjection* p : l.lora) {
+      if (p == nullptr || p->num_slots <= 0) continue;
+      MIL_CHECK(!capturing_, "reserve_workspaces: not allowed while capturing a graph");
+      CachedSlots& c = slot_tables_[p->a];
+      const size_t bytes = static_cast<size_t>(p->num_slots) * sizeof(LoraSlot);
+      if (c.table.size() < bytes) {
+        if (live_graphs_ > 0 && c.table.size() > 0) retired_.push_back(std::move(c.table));
+        count_allocation();
+        c.table.reset(bytes);
+      }
+    }
+  }
+
  private:
   void set_device() const { MIL_CUDA_CHECK(cudaSetDevice(device_)); }
+
+  // The tuned kernel takes head_dim 64/128 with GQA ratios up to 8; other shapes (up to
+  // head_dim 256) take the generic one.
+  // MIL_ATTN_KERNEL=generic sends every shape to the generic kernel (a cross-check).
+  static bool tuned_attention(const AttentionShape& s) {
+    static const bool force_generic = [] {
+      const char* e = std::getenv("MIL_ATTN_KERNEL");
+      return e != nullptr && std::string(e) == "generic";
+    }();
+    return !force_generic && (s.head_dim == 64 || s.head_dim == 128) && s.num_kv_heads > 0 &&
+           s.num_heads / s.num_kv_heads <= 8;
+  }
+
+  // Splits of the KV range per (row, kv head) of the tuned kernel: enough blocks to fill the
+  // multiprocessors twice, unless fixed by the options.
+  int attention_splits(int64_t rows, int32_t kv_heads) const {
+    if (options_.attention_splits > 0) return options_.attention_splits;
+    const int64_t blocks = rows * kv_heads;
+    return static_cast<int>(std::clamp<int64_t>((2 * sms_ + blocks - 1) / blocks, 1, 64));
+  }
 
   static int64_t ld(const Tensor& t) {
     return t.rows <= 1 ? t.cols : static_cast<int64_t>(t.row_stride / (t.dtype == DType::F32 ? 4 : 2));
@@ -551,6 +599,7 @@ class CudaOps final : public Ops {
               op, buf.size(), bytes);
     // Live graphs keep the old address: it stays allocated (retired) until the backend goes.
     if (live_graphs_ > 0 && buf.size() > 0) retired_.push_back(std::move(buf));
+    count_allocation();
     return buf.ensure(bytes);
   }
 
@@ -573,6 +622,7 @@ class CudaOps final : public Ops {
         const size_t bytes = slots_scratch_.size() * sizeof(LoraSlot);
         if (c.table.size() < bytes) {
           if (live_graphs_ > 0 && c.table.size() > 0) retired_.push_back(std::move(c.table));
+          count_allocation();
           c.table.reset(bytes);
         }
         set_device();
