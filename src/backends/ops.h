@@ -186,6 +186,23 @@ class Ops {
   // sorted by decreasing probability. Greedy rows take the argmax.
   virtual void sample(const Tensor& logits, const SamplingParams* params, const float* uniforms,
                       int32_t* out) = 0;
+  // HF's RepetitionPenaltyLogitsProcessor, in place on f32 logits: for every id of row i's
+  // list ids[offsets[i] .. offsets[i+1]), logit = logit < 0 ? logit * penalties[i]
+  // : logit / penalties[i]. Lists hold the ids seen in the sequence (prompt and generated)
+  // in increasing order; an id may repeat and is still penalised once. Rows whose penalty is
+  // 1 are left alone, whatever their list. offsets (rows + 1), ids and penalties are in the
+  // backend's memory (nothing is allocated, so the op may be captured). Ids must lie in
+  // [0, logits.cols): the CPU backend checks the order and range; a device backend skips
+  // what it cannot check (an id out of range is ignored there, never written).
+  virtual void repetition_penalty(const Tensor& logits, const int32_t* ids, const int32_t* offsets,
+                                  const float* penalties) = 0;
+  // out[i] = log_softmax(logits row i / temperatures[i])[tokens[i]]: the logprob the host's
+  // token choice reports (engine/logits_processor.h), computed the same way: every f32 logit
+  // divided by the row's temperature in f32 (1 leaves it as it is), then the row's max and
+  // the sum of exp(x - max) in double, -inf entries adding nothing. logits f32; temperatures,
+  // tokens and out in the backend's memory, tokens within [0, logits.cols).
+  virtual void token_logprobs(const Tensor& logits, const float* temperatures,
+                              const int32_t* tokens, float* out) = 0;
 
  protected:
   // Backends call this once per allocation of their memory (see allocation_count()).

@@ -54,6 +54,7 @@ struct ServeOptions {
   double cuda_memory_fraction = 0.9;
   int32_t block_size = 16;
   bool disable_prefix_caching = false;
+  std::string sample_on_device = "auto";  // auto, on, off (EngineOptions::sample_on_device)
   std::vector<std::string> lora_adapters;
   std::string adapter_dir;
   int max_resident_adapters = 32;
@@ -259,6 +260,9 @@ void run_serve(ServeOptions o) {
     spdlog::info("device: {}; warming up; KV cache budget {} MiB", m.device,
                  eo.kv_memory_bytes >> 20);
   }
+  eo.sample_on_device = o.sample_on_device == "on"    ? SampleOnDevice::On
+                        : o.sample_on_device == "off" ? SampleOnDevice::Off
+                                                      : SampleOnDevice::Auto;
   std::unique_ptr<Engine> engine = make_engine(*m.model, tokenizer, eo);
   const EngineStats kv = engine->stats();
   if (kv.device_total_bytes > 0) {
@@ -395,6 +399,11 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--disable-prefix-caching", o->disable_prefix_caching,
                 "do not reuse the KV blocks of shared prompt prefixes")
       ->envname(env_name("--disable-prefix-caching"));
+  add(*cmd, "--sample-on-device", o->sample_on_device,
+      "choose tokens where the logits are (auto: on a GPU; on: also on the CPU; off: always "
+      "copy the logits to the host); requests needing the host path take it either way")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   add(*cmd, "--lora-adapters", o->lora_adapters,
       "PEFT LoRA adapters registered at start-up, NAME=PATH (comma separated or repeated)")
       ->delimiter(',');

@@ -22,6 +22,7 @@
 
 #include "core/error.h"
 #include "engine/block_manager.h"
+#include "engine/device_sampler.h"
 #include "engine/logits_processor.h"
 #include "engine/scheduler.h"
 #include "engine/stop_matcher.h"
@@ -99,6 +100,7 @@ struct Sequence {
   RequestParams params;
   int32_t prompt_len = 0;          // of the request
   std::vector<int32_t> tokens;     // prompt, then generated tokens
+  std::vector<int32_t> seen;       // distinct ids of tokens, increasing (device path, penalty)
   int32_t generated = 0;
   int64_t computed = 0;            // tokens whose keys and values are in the cache
   SequenceBlocks kv;
@@ -163,7 +165,13 @@ class EngineImpl final : public Engine {
   void preempt(Sequence& s);
   // Prompt logprobs of the chunk's rows, then the next token when the chunk completes it.
   void process_logits(Scheduled& c, const Tensor& logits);
+  // The device sampler's buffers at the engine's maxima (so that they are counted as used
+  // memory), then warm-up and the KV cache's size (warmup.h).
+  KvSizing size_kv();
   void emit_token(Sequence& s, const TokenChoice& choice);
+  // The device path: the chosen token of every logit row into device_choices_; an error
+  // message where it failed (the step's sequences with a logit row fail with it).
+  std::string choose_on_device(const std::vector<Scheduled>& work, const Tensor& logits);
   // Frees `s`'s KV blocks and adapter pin (end, cancellation or preemption).
   void retire(Sequence& s);
   void fail(Sequence& s, const std::string& error);
@@ -182,12 +190,16 @@ class EngineImpl final : public Engine {
   const ModelTokenizer& tokenizer_;
   EngineOptions options_;
   AdapterStore* adapters_;
+  bool device_sampling_ = false;
+  DeviceSampler device_sampler_;  // reserved before the KV cache is sized (size_kv)
   KvSizing sizing_;  // filled by warm_up_and_size_kv before cache_ is made
   KVCache cache_;
   BlockManager blocks_;
   SchedulerBudgets budgets_;
   std::vector<int32_t> eos_ids_;
   int64_t kv_bytes_ = 0;
+  std::vector<DeviceSampleRow> device_rows_;
+  std::vector<TokenChoice> device_choices_;
 
   std::shared_ptr<Inbox> inbox_ = std::make_shared<Inbox>();
   std::deque<std::unique_ptr<Sequence>> submitted_;  // under inbox_->mu
@@ -213,12 +225,25 @@ int64_t prompt_logit_rows(const LlamaModel& model) {
 }
 
 // Warm-up and KV sizing (warmup.h) run before the cache is made, in the initializer list.
+KvSizing EngineImpl::size_kv() {
+  if (device_sampling_) {
+    // A step samples at most one row per token it computes; a sequence has seen at most as
+    // many distinct ids as the model has positions.
+    const int64_t rows = std::min(options_.max_batch_prefill_tokens, model_.max_tokens_per_step());
+    const int64_t seqs = options_.max_batch_size > 0 ? std::min<int64_t>(options_.max_batch_size, rows) : rows;
+    device_sampler_.reserve(rows, seqs * model_.config().max_position_embeddings);
+  }
+  return warm_up_and_size_kv(model_, options_, prompt_logit_rows(model_));
+}
+
 EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options)
     : model_(model),
       tokenizer_(tokenizer),
       options_(options),
       adapters_(model.adapters()),
-      sizing_(warm_up_and_size_kv(model, options, prompt_logit_rows(model))),
+      device_sampling_(samples_on_device(options.sample_on_device, model.ops())),
+      device_sampler_(model.ops()),
+      sizing_(size_kv()),
       cache_(model.make_kv_cache(sizing_.blocks, options.block_size)),
       blocks_(cache_.num_blocks(), options.block_size, options.prefix_caching) {
   kv_bytes_ = sizing_.bytes_per_block * cache_.num_blocks();
@@ -289,6 +314,9 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(EngineRequest request, EventSi
   s->tokens = std::move(request.prompt);
   s->tokens.reserve(s->tokens.size() + s->params.max_new_tokens);
   s->prefill_done = !s->params.prompt_logprobs;
+  if (device_sampling_ && s->params.repetition_penalty != 1.0f) {
+    s->seen = distinct_ids(s->tokens);
+  }
   s->decoder.emplace(tokenizer_.tokenizer(), s->params.skip_special_tokens);
   s->submitted = Clock::now();
   auto handle = std::make_shared<Handle>(s->id, s->handle, inbox_);
@@ -621,8 +649,13 @@ bool EngineImpl::step() {
 
   const Clock::time_point forward_start = Clock::now();
   Tensor logits;
+  // Tokens are chosen on the device when every row can be (prompt logprobs need the host).
+  const bool on_device =
+      device_sampling_ && std::all_of(work.begin(), work.end(), [](const Scheduled& c) {
+        return !c.all_logits && device_sampling_supports(c.seq->params);
+      });
   try {
-    logits = model_.forward(batch, cache_);
+    logits = model_.forward(batch, cache_, on_device ? LogitsOn::Device : LogitsOn::Host);
   } catch (const std::exception& e) {
     // The step is lost; so are its requests (their cache contents are unknown now).
     for (Scheduled& c : work) c.seq->computed = 0;
@@ -642,11 +675,20 @@ bool EngineImpl::step() {
   const Clock::time_point sample_start = Clock::now();
   report.forward_seconds = seconds_between(forward_start, sample_start);
 
+  const std::string device_error = on_device ? choose_on_device(work, logits) : std::string();
+  report.sampled_on_device = on_device;
   for (Scheduled& c : work) {
     Sequence& s = *c.seq;
     s.computed += c.tokens;
     blocks_.commit(s.cache_key, s.tokens, s.computed, s.kv);
-    if (c.logit_rows > 0) process_logits(c, logits);
+    if (c.logit_rows == 0) continue;
+    if (!on_device) {
+      process_logits(c, logits);
+    } else if (!device_error.empty()) {
+      fail(s, fmt::format("request {}: {}", s.id, device_error));
+    } else {
+      emit_token(s, device_choices_[c.first_logit]);
+    }
   }
   // Finished requests leave the batch (their sequences were retired in emit_token).
   std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
@@ -689,10 +731,28 @@ void EngineImpl::process_logits(Scheduled& c, const Tensor& logits) {
   }
 }
 
+std::string EngineImpl::choose_on_device(const std::vector<Scheduled>& work, const Tensor& logits) {
+  // Without prompt logprobs a sequence has a logit row only when its chunk completes it, so
+  // every row of `logits` asks for one token.
+  device_rows_.assign(static_cast<size_t>(logits.rows), DeviceSampleRow{});
+  try {
+    for (const Scheduled& c : work) {
+      if (c.logit_rows == 0) continue;
+      Sequence& s = *c.seq;
+      device_rows_[static_cast<size_t>(c.first_logit)] = device_row(s.params, s.seen, s.chooser);
+    }
+    device_sampler_.choose(logits, device_rows_, device_choices_);
+  } catch (const std::exception& e) {
+    return fmt::format("sampling on the device failed: {}", e.what());
+  }
+  return {};
+}
+
 void EngineImpl::emit_token(Sequence& s, const TokenChoice& choice) {
   const Clock::time_point now = Clock::now();
   const int32_t id = choice.token;
   s.tokens.push_back(id);
+  if (device_sampling_ && s.params.repetition_penalty != 1.0f) insert_seen(s.seen, id);
   ++s.generated;
   s.decoding = true;
   if (s.generated == 1) s.first_token = now;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/request.h"
+#include "engine/sampler.h"
 
 namespace mil {
 
@@ -51,6 +52,10 @@ struct EngineOptions {
   // Decode steps of up to the largest of these batch sizes run as CUDA graphs, captured at
   // start-up (LlamaModel::capture_decode_graphs); empty: no graphs. Ignored on the CPU.
   std::vector<int32_t> decode_graph_batch_sizes = {1, 2, 4, 8, 16, 32, 64, 128};
+  // Where tokens are chosen (sampler.h). A step in which some request needs what only the
+  // host path does (logprob alternatives, prompt logprobs, frequency/presence penalties,
+  // typical_p) runs on the host either way, with the same tokens.
+  SampleOnDevice sample_on_device = SampleOnDevice::Auto;
 };
 
 // What the engine sized and is doing now; cheap, callable from any thread.
@@ -81,6 +86,7 @@ struct StepReport {
   int32_t decode_sequences = 0;
   int32_t admitted = 0;           // sequences that started this step
   int32_t preempted = 0;
+  bool sampled_on_device = false;  // the step's tokens were chosen on the device (device_sampler.h)
   double forward_seconds = 0;
   double sample_seconds = 0;      // sampling, stop criteria, detokenization
   double step_seconds = 0;

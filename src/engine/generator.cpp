@@ -191,6 +191,26 @@ int32_t Generator::choose(const Tensor& logits, int64_t row, Sampler& sampler) {
   return token;
 }
 
+void Generator::choose_on_device(const Tensor& logits, const std::vector<Sequence*>& active,
+                                 const std::vector<int32_t>& logit_row_of,
+                                 std::vector<int32_t>& tokens) {
+  if (!device_sampler_) device_sampler_ = std::make_unique<DeviceSampler>(model_.ops());
+  device_rows_.assign(static_cast<size_t>(logits.rows), DeviceSampleRow{});
+  for (size_t i = 0; i < active.size(); ++i) {
+    if (logit_row_of[i] < 0) continue;
+    Sampler& sampler = active[i]->sampler;
+    DeviceSampleRow& r = device_rows_[static_cast<size_t>(logit_row_of[i])];
+    r.sampling = sampler.params();  // temperature <= 0: argmax, as choose() does
+    if (!sampler.greedy()) {
+      r.uniform = sampler.next_uniform();  // one draw per sampled token, as choose() draws
+      r.temperature = sampler.params().temperature;
+    }
+  }
+  device_sampler_->choose(logits, device_rows_, device_choices_);
+  tokens.resize(device_choices_.size());
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = device_choices_[i].token;
+}
+
 std::vector<GenerationResult> Generator::generate_batch(const std::vector<GenerationRequest>& requests,
                                                         const BatchTokenCallback& on_token) {
   validate(requests, false);
@@ -198,7 +218,8 @@ std::vector<GenerationResult> Generator::generate_batch(const std::vector<Genera
   auto& seqs = set.all();
 
   const Clock::time_point start = Clock::now();
-  std::vector<int32_t> logit_row_of;
+  std::vector<int32_t> logit_row_of, device_tokens;
+  const bool on_device = samples_on_device(sample_on_device_, model_.ops());
   for (;;) {
     std::vector<Sequence*> active;
     for (auto& s : seqs) {
@@ -208,13 +229,16 @@ std::vector<GenerationResult> Generator::generate_batch(const std::vector<Genera
     std::stable_sort(active.begin(), active.end(),
                      [](const Sequence* a, const Sequence* b) { return a->slot < b->slot; });
     const StepBatch step = build_step(active, false, logit_row_of);
-    const Tensor logits = model_.forward(step, cache_);
+    const Tensor logits =
+        model_.forward(step, cache_, on_device ? LogitsOn::Device : LogitsOn::Host);
+    if (on_device) choose_on_device(logits, active, logit_row_of, device_tokens);
     const Clock::time_point now = Clock::now();
     for (size_t i = 0; i < active.size(); ++i) {
       if (logit_row_of[i] < 0) continue;  // prompt not fully read yet
       Sequence& s = *active[i];
       const GenerationParams& p = *s.params;
-      const int32_t token = choose(logits, logit_row_of[i], s.sampler);
+      const int32_t token = on_device ? device_tokens[static_cast<size_t>(logit_row_of[i])]
+                                      : choose(logits, logit_row_of[i], s.sampler);
       if (s.result.tokens.empty()) s.first_token = now;
       s.result.tokens.push_back(token);
       s.tokens.push_back(token);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/block_allocator.h"
+#include "engine/device_sampler.h"
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "model/llama.h"
@@ -57,6 +58,11 @@ class Generator {
   std::vector<GenerationResult> generate_batch(const std::vector<GenerationRequest>& requests,
                                                const BatchTokenCallback& on_token = {});
 
+  // Where tokens are chosen (sampler.h; Auto by default). On the device, every sequence's
+  // token comes from one Ops::sample (or argmax) on the device's logits with the same
+  // uniform the host path draws, and only the ids are downloaded.
+  void set_sample_on_device(SampleOnDevice where) { sample_on_device_ = where; }
+
   // Logits at every prompt position of each request ([prompt.size(), vocab] each), all
   // requests in one forward step (they must fit in max_tokens_per_step), for golden tests.
   std::vector<OwnedTensor> prompt_logits_batch(const std::vector<GenerationRequest>& requests);
@@ -72,10 +78,17 @@ class Generator {
   StepBatch build_step(std::vector<Sequence*>& active, bool all_logits,
                        std::vector<int32_t>& logit_row_of);
   int32_t choose(const Tensor& logits, int64_t row, Sampler& sampler);
+  // The device path: the token of every logit row (sequence i's row is logit_row_of[i]).
+  void choose_on_device(const Tensor& logits, const std::vector<Sequence*>& active,
+                        const std::vector<int32_t>& logit_row_of, std::vector<int32_t>& tokens);
 
   LlamaModel& model_;
   // Token choice on the host logits forward() returns, whatever the model's backend.
   std::unique_ptr<Ops> host_ops_ = make_cpu_ops(1);
+  SampleOnDevice sample_on_device_ = SampleOnDevice::Auto;
+  std::unique_ptr<DeviceSampler> device_sampler_;  // made on first use
+  std::vector<DeviceSampleRow> device_rows_;
+  std::vector<TokenChoice> device_choices_;
   KVCache cache_;
   BlockAllocator allocator_;
   int64_t kv_tokens_;

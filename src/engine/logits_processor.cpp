@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <unordered_map>
 
@@ -156,24 +157,42 @@ std::vector<std::pair<int32_t, float>> top_entries(std::span<const float> logpro
   return out;
 }
 
+int32_t draw(std::span<const float> logits, const SamplingParams& params, float u) {
+  // One CPU backend per thread: its sample op keeps scratch buffers of the vocabulary's size,
+  // which per-sequence choosers (thousands of streams) should not each hold.
+  thread_local const std::unique_ptr<Ops> ops = make_cpu_ops(1);
+  const Tensor row = Tensor::contiguous(DType::F32, 1, static_cast<int64_t>(logits.size()),
+                                        const_cast<float*>(logits.data()));
+  int32_t token = 0;
+  ops->sample(row, &params, &u, &token);
+  return token;
+}
+
 TokenChoice TokenChooser::choose(std::span<const float> logits, const RequestParams& params,
                                  std::span<const int32_t> context,
                                  std::span<const int32_t> generated) {
   work_.assign(logits.begin(), logits.end());
   apply_penalties(work_, params, context, generated);
+  // The reported distribution: penalised logits over the temperature (divided in f32, as
+  // Ops::token_logprobs does on the device path).
+  scaled_ = work_;
   if (params.do_sample && params.temperature != 1.0f) {
     const float t = params.temperature;
-    for (float& x : work_) x /= t;
+    for (float& x : scaled_) x /= t;
   }
-  log_softmax(work_, logprobs_);
+  log_softmax(scaled_, logprobs_);
   TokenChoice c;
   c.top = top_entries(logprobs_, params.top_n_tokens);
   if (params.do_sample) {
-    apply_top_k(work_, params.top_k);
-    apply_top_p(work_, params.top_p);
-    apply_typical_p(work_, params.typical_p);
-    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-    c.token = sample_from_logits(work_, u);
+    const float u = next_uniform();
+    if (params.typical_p < 1.0f) {
+      apply_top_k(scaled_, params.top_k);
+      apply_top_p(scaled_, params.top_p);
+      apply_typical_p(scaled_, params.typical_p);
+      c.token = draw(scaled_, SamplingParams{1.0f, 0, 1.0f}, u);
+    } else {
+      c.token = draw(work_, SamplingParams{params.temperature, params.top_k, params.top_p}, u);
+    }
   } else {
     c.token = argmax(work_);
   }

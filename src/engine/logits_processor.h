@@ -5,8 +5,13 @@
 //   or argmax when !do_sample.
 // The chosen token's logprob (and the top-n alternatives) come from the log-softmax after
 // penalties and temperature, before top-k/p filtering, as TGI reports them.
-// The draw uses the request's own mt19937_64 (sampler.h's style), one draw per token, so a
-// seed gives the same tokens whatever else shares the batch.
+// The draw uses the request's own mt19937_64 (sampler.h's style), one draw per sampled token,
+// so a seed gives the same tokens whatever else shares the batch. The draw itself is the op
+// interface's (Ops::sample: inverse CDF over the candidates sorted by decreasing probability,
+// a 24-bit float uniform), run by the CPU backend on the host row, so that the device path
+// (device_sampler.h), which runs the same op on the device's logits with the same uniform,
+// chooses the same token. Only typical_p, which the op lacks, filters with HF's warpers here
+// (top_k/top_p/typical_p to -inf) and then draws over what is left.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +19,7 @@
 #include <span>
 #include <vector>
 
+#include "backends/ops.h"
 #include "engine/request.h"
 
 namespace mil {
@@ -33,6 +39,9 @@ void log_softmax(std::span<const float> logits, std::vector<float>& out);
 int32_t argmax(std::span<const float> values);
 // Inverse CDF over softmax(logits) in index order, `u` in [0, 1).
 int32_t sample_from_logits(std::span<const float> logits, double u);
+// Ops::sample of the CPU backend on one host row with uniform `u`: the token choice both the
+// host and the device path make (temperature, top_k, top_p in `params`).
+int32_t draw(std::span<const float> logits, const SamplingParams& params, float u);
 // The `n` best entries of `logprobs`, best first (ties: lower id first).
 std::vector<std::pair<int32_t, float>> top_entries(std::span<const float> logprobs, int32_t n);
 
@@ -48,10 +57,12 @@ class TokenChooser {
   explicit TokenChooser(uint64_t seed) : rng_(seed) {}
   TokenChoice choose(std::span<const float> logits, const RequestParams& params,
                      std::span<const int32_t> context, std::span<const int32_t> generated);
+  // The uniform one sampled token consumes: 24 random bits, exactly a float in [0, 1).
+  float next_uniform() { return static_cast<float>(rng_() >> 40) * 0x1.0p-24f; }
 
  private:
   std::mt19937_64 rng_;
-  std::vector<float> work_, logprobs_;
+  std::vector<float> work_, scaled_, logprobs_;
 };
 
 }  // namespace mil

@@ -9,6 +9,18 @@
 
 namespace mil {
 
+// Where the engine and the generator choose tokens (device_sampler.h). Auto: on the device
+// when the model's backend is not the host CPU; On: always through the device path (on the
+// CPU backend too, which runs the same ops on host memory: how CPU tests exercise it); Off:
+// always on the host, from logits copied there. Both choose the same tokens.
+enum class SampleOnDevice { Auto, On, Off };
+
+// Whether `where` means the device path for a model whose ops are `ops`.
+inline bool samples_on_device(SampleOnDevice where, const Ops& ops) {
+  return where == SampleOnDevice::On ||
+         (where == SampleOnDevice::Auto && ops.device() != Device::CPU);
+}
+
 class Sampler {
  public:
   Sampler(SamplingParams params, uint64_t seed) : params_(params), rng_(seed) {}

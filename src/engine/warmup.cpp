@@ -1,5 +1,7 @@
 #include "engine/warmup.h"
 
+#include "engine/sampler.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -42,8 +44,8 @@ KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& o, int64_t 
   StepMaxima mx;
   mx.seqs = static_cast<int32_t>(seqs);
   mx.logit_rows = std::min(step_tokens, seqs + std::max<int64_t>(step_logit_rows, 0));
-  // The engine samples on the host (logits_processor.h): no device sampling rows yet.
-  mx.sample_rows = 0;
+  // Device sampling (device_sampler.h) samples every logits row of a step at most.
+  mx.sample_rows = samples_on_device(o.sample_on_device, ops) ? mx.logit_rows : 0;
   const int64_t widest = (c.max_position_embeddings + o.block_size - 1) / o.block_size;
   mx.blocks_per_seq = static_cast<int32_t>(std::max<int64_t>(widest, 1));
   mx.lora_rank = o.max_lora_rank;

@@ -1,11 +1,15 @@
-// add_bias, embedding, rmsnorm, rope, kv_store, silu_mul, add, argmax and sample on CUDA
+// add_bias, embedding, rmsnorm, rope, kv_store, silu_mul, add, argmax, sample,
+// repetition_penalty and token_logprobs on CUDA
 // against the CPU backend. Tolerances (BF16 outputs round to 8 significant bits, a relative
 // error up to 2^-9 per element): rel L2 <= 1e-2 and max-norm <= 1e-2 for BF16 outputs;
 // F32 outputs 1e-5; kv_store and argmax exact; sample: the same token as the CPU backend
-// for every draw (differences only in the rounding of prefix sums at a CDF boundary).
+// for every draw (differences only in the rounding of prefix sums at a CDF boundary);
+// repetition_penalty exact; token_logprobs within one f32 ulp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/half.h"
@@ -295,6 +299,94 @@ TEST_F(CudaRowwise, SampleMatchesCpu) {
       cpu->sample(hl, params.data(), u.data(), want.data());
       EXPECT_EQ(out.download(), want) << "vocab " << vocab << " " << dtype_name(dt);
     }
+  }
+}
+
+// The repetition penalty is a multiply or a divide per listed id: bit-exact against the CPU
+// backend. Sorted lists with repeats, empty lists, penalty-1 rows (left alone even with a
+// list), penalties above and below 1 on negative and positive logits, a strided view whose
+// gaps and guards must keep their sentinels.
+TEST_F(CudaRowwise, RepetitionPenaltyMatchesCpu) {
+  Random rng(9);
+  for (int64_t vocab : {int64_t{5}, int64_t{500}, int64_t{128256}}) {
+    const auto last = static_cast<int32_t>(vocab - 1);
+    std::vector<std::vector<int32_t>> lists = {{},        {0},    {0, 0, 0, 2},
+                                               {1, 2, 3}, {last}, {0, last, last}};
+    if (vocab > 100) {
+      std::vector<int32_t> many;  // a long prompt's worth, with repeats
+      for (int i = 0; i < 5000; ++i) many.push_back(rng.integer(0, last));
+      std::sort(many.begin(), many.end());
+      lists.push_back(many);
+      lists.push_back(many);
+    }
+    const std::vector<float> kinds = {1.3f, 2.0f, 1.0f, 0.7f, 1.1f};
+    const auto n = static_cast<int64_t>(lists.size());
+    auto l = rng.uniform(n * vocab, -8.0f, 8.0f);
+    std::vector<int32_t> ids, offsets{0};
+    std::vector<float> penalties;
+    for (int64_t r = 0; r < n; ++r) {
+      ids.insert(ids.end(), lists[r].begin(), lists[r].end());
+      offsets.push_back(static_cast<int32_t>(ids.size()));
+      penalties.push_back(kinds[r % kinds.size()]);
+      l[r * vocab] = r % 2 == 0 ? -3.0f : 3.0f;  // id 0 negative in even rows, positive in odd
+    }
+    GpuTensor gl(DType::F32, n, vocab, (vocab + 3) * 4, 8);
+    gl.set(l);
+    GpuArray<int32_t> gids(ids);
+    GpuArray<int32_t> goffsets(offsets);
+    GpuArray<float> gpen(penalties);
+    gpu->repetition_penalty(gl, gids.get(), goffsets.get(), gpen.get());
+    OwnedTensor hl = host_f32(l, n, vocab);
+    cpu->repetition_penalty(hl, ids.data(), offsets.data(), penalties.data());
+    const std::vector<float> want = to_vector(hl);
+    EXPECT_EQ(gl.get(), want) << "vocab " << vocab;
+    EXPECT_NE(want, l) << "vocab " << vocab;  // something was penalised
+    gl.check_untouched("logits");
+    EXPECT_EQ(gids.download(), ids);  // inputs are read only
+  }
+}
+
+// token_logprobs: the CPU sums exp in double in index order, the GPU in a block reduction;
+// the double results differ in the last bits only, so the f32 logprob is the CPU's or the
+// f32 next to it.
+TEST_F(CudaRowwise, TokenLogprobsMatchCpu) {
+  Random rng(10);
+  const float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t vocab : {int64_t{1}, int64_t{500}, int64_t{128256}}) {
+    const std::vector<float> kinds = {1.0f, 0.7f, 1.3f, 0.1f, 2.0f};
+    const int64_t n = 10;
+    auto l = rng.uniform(n * vocab, -12.0f, 12.0f);
+    std::vector<float> temps(n);
+    std::vector<int32_t> tokens(n);
+    for (int64_t r = 0; r < n; ++r) {
+      temps[r] = kinds[r % kinds.size()];
+      tokens[r] = rng.integer(0, static_cast<int32_t>(vocab - 1));
+    }
+    if (vocab > 1) {
+      for (int64_t i = 0; i < vocab; i += 3) l[(n - 1) * vocab + i] = -kInf;  // filtered entries
+      tokens[n - 1] = 0;  // a -inf entry: its logprob is -inf
+      tokens[n - 2] = 1;
+    }
+    GpuTensor gl(DType::F32, n, vocab, (vocab + 1) * 4, 4);
+    gl.set(l);
+    GpuArray<float> gt(temps);
+    GpuArray<int32_t> gtok(tokens);
+    GpuArray<float> out(std::vector<float>(n, std::nanf("")));
+    gpu->token_logprobs(gl, gt.get(), gtok.get(), out.mut());
+    std::vector<float> want(n);
+    OwnedTensor hl = host_f32(l, n, vocab);
+    cpu->token_logprobs(hl, temps.data(), tokens.data(), want.data());
+    const std::vector<float> got = out.download();
+    for (int64_t r = 0; r < n; ++r) {
+      const bool same_or_next = got[r] == want[r] || got[r] == std::nextafter(want[r], kInf) ||
+                                got[r] == std::nextafter(want[r], -kInf);
+      EXPECT_TRUE(same_or_next) << "vocab " << vocab << " row " << r << ": " << got[r] << " vs "
+                                << want[r];
+    }
+    if (vocab > 1) {
+      EXPECT_EQ(got[n - 1], -kInf);
+    }
+    gl.check_untouched("logits", true);
   }
 }
 

@@ -114,6 +114,35 @@ TEST_F(GeneratorTest, ABatchGivesEachSequenceItsOwnTokens) {
   }
 }
 
+TEST_F(GeneratorTest, DeviceSamplingGivesTheHostPathsTokens) {
+  // The device path forced on the CPU backend against the host path: greedy and seeded
+  // sampling under each filter, prompts read in chunks between other sequences' decoding.
+  std::vector<GenerationRequest> requests(5);
+  const SamplingParams kinds[] = {
+      {0.0f, 0, 1.0f}, {0.8f, 20, 1.0f}, {1.3f, 0, 0.8f}, {0.7f, 50, 0.9f}, {1.0f, 0, 1.0f}};
+  for (size_t i = 0; i < requests.size(); ++i) {
+    requests[i].prompt = std::vector<int32_t>(prompt_.begin(), prompt_.begin() + 3 + 2 * i);
+    requests[i].params.max_new_tokens = 10;
+    requests[i].params.stop_at_eos = false;
+    requests[i].params.sampling = kinds[i];
+    requests[i].params.seed = 20 + i;
+  }
+  Generator host(*model_, 256, 4);
+  host.set_sample_on_device(SampleOnDevice::Off);
+  Generator device(*model_, 256, 4);
+  device.set_sample_on_device(SampleOnDevice::On);
+  const auto want = host.generate_batch(requests);
+  const auto got = device.generate_batch(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << "request " << i;
+    EXPECT_EQ(got[i].tokens.size(), 10u);
+  }
+  // Sampling means something here: the same prompt sampled differs from greedy.
+  GenerationRequest greedy = requests[1];
+  greedy.params.sampling = {};
+  EXPECT_NE(host.generate_batch({greedy})[0].tokens, want[1].tokens);
+}
+
 TEST_F(GeneratorTest, RejectsWhatDoesNotFit) {
   Generator gen(*model_, 16, 4);
   GenerationParams p;

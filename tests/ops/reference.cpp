@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <set>
 
 #include "core/half.h"
 
@@ -253,6 +254,24 @@ int32_t sample(const std::vector<float>& row, const SamplingParams& params, floa
     if (uniform < cum) return order[i];
   }
   return order[kept - 1];
+}
+
+void repetition_penalty(std::vector<float>& row, const std::vector<int32_t>& ids, float penalty) {
+  const std::set<int32_t> distinct(ids.begin(), ids.end());
+  for (int32_t id : distinct) {
+    float& x = row[static_cast<size_t>(id)];
+    x = x < 0 ? x * penalty : x / penalty;
+  }
+}
+
+double token_logprob(const std::vector<float>& row, float temperature, int32_t token) {
+  // The op's contract divides in f32 (as the host path does); everything after is exact here.
+  auto scaled = [&](float x) { return static_cast<long double>(x / temperature); };
+  long double mx = -INFINITY;
+  for (float x : row) mx = std::max(mx, scaled(x));
+  long double sum = 0;
+  for (float x : row) sum += std::exp(scaled(x) - mx);
+  return static_cast<double>(scaled(row[static_cast<size_t>(token)]) - mx - std::log(sum));
 }
 
 }  // namespace mil::ref

@@ -54,5 +54,10 @@ void lora_expand(const std::vector<float>& v, int64_t v_cols, const LoraInput& l
 
 int32_t argmax(const std::vector<float>& row);
 int32_t sample(const std::vector<float>& row, const SamplingParams& params, float uniform);
+// HF's RepetitionPenaltyLogitsProcessor on one row: each distinct id of `ids` (any order,
+// repeats allowed) once, x < 0 ? x * penalty : x / penalty.
+void repetition_penalty(std::vector<float>& row, const std::vector<int32_t>& ids, float penalty);
+// log_softmax(row / temperature)[token]: f32 division, then long double.
+double token_logprob(const std::vector<float>& row, float temperature, int32_t token);
 
 }  // namespace mil::ref

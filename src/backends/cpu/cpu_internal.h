@@ -56,5 +56,9 @@ void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
 int32_t sample_row(const float* logits, int64_t n, const SamplingParams& params, float uniform,
                    std::vector<float>& scratch_probs, std::vector<int32_t>& scratch_ids);
 int32_t argmax_row(const float* logits, int64_t n);
+// Ops::repetition_penalty on one row; ids in increasing order (repeats adjacent).
+void repetition_penalty_row(float* logits, const int32_t* ids, int64_t count, float penalty);
+// Ops::token_logprobs on one row.
+float token_logprob_row(const float* logits, int64_t n, float temperature, int32_t token);
 
 }  // namespace mil::cpu

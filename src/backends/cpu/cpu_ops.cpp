@@ -255,6 +255,48 @@ class CpuOps final : public Ops {
     }
   }
 
+  void repetition_penalty(const Tensor& logits, const int32_t* ids, const int32_t* offsets,
+                          const float* penalties) override {
+    check_f32(logits, "repetition_penalty", "logits");
+    MIL_CHECK(logits.rows == 0 || (offsets != nullptr && penalties != nullptr),
+              "repetition_penalty: offsets and penalties are required");
+    for (int64_t i = 0; i < logits.rows; ++i) {
+      const int32_t begin = offsets[i], end = offsets[i + 1];
+      MIL_CHECK(begin >= 0 && begin <= end && (begin == end || ids != nullptr),
+                "repetition_penalty: row {} has the id range [{}, {})", i, begin, end);
+      if (penalties[i] == 1.0f) continue;
+      MIL_CHECK(penalties[i] > 0.0f && std::isfinite(penalties[i]),
+                "repetition_penalty: penalty {} of row {} is not a positive number", penalties[i],
+                i);
+      for (int32_t j = begin; j < end; ++j) {
+        MIL_CHECK(ids[j] >= 0 && ids[j] < logits.cols,
+                  "repetition_penalty: id {} of row {} is outside the vocabulary ({})", ids[j], i,
+                  logits.cols);
+        MIL_CHECK(j == begin || ids[j] >= ids[j - 1],
+                  "repetition_penalty: ids of row {} are not in increasing order ({} after {})", i,
+                  ids[j], ids[j - 1]);
+      }
+      repetition_penalty_row(logits.row<float>(i), ids + begin, end - begin, penalties[i]);
+    }
+  }
+
+  void token_logprobs(const Tensor& logits, const float* temperatures, const int32_t* tokens,
+                      float* out) override {
+    check_f32(logits, "token_logprobs", "logits");
+    MIL_CHECK(logits.cols > 0, "token_logprobs: logits {} have no columns", shape_string(logits));
+    MIL_CHECK(logits.rows == 0 || (temperatures != nullptr && tokens != nullptr && out != nullptr),
+              "token_logprobs: temperatures, tokens and out are required");
+    for (int64_t i = 0; i < logits.rows; ++i) {
+      MIL_CHECK(tokens[i] >= 0 && tokens[i] < logits.cols,
+                "token_logprobs: token {} of row {} is outside the vocabulary ({})", tokens[i], i,
+                logits.cols);
+      MIL_CHECK(temperatures[i] > 0.0f, "token_logprobs: temperature {} of row {} is not positive",
+                temperatures[i], i);
+      out[i] =
+          token_logprob_row(logits.row<const float>(i), logits.cols, temperatures[i], tokens[i]);
+    }
+  }
+
  private:
   int threads_;
   MatmulPath path_;

@@ -3,6 +3,7 @@
 // first), so that a given uniform always yields the same token on every backend.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "backends/cpu/cpu_internal.h"
@@ -74,6 +75,30 @@ int32_t sample_row(const float* logits, int64_t n, const SamplingParams& params,
     if (target < cum) return ids[i];
   }
   return ids[kept - 1];
+}
+
+void repetition_penalty_row(float* logits, const int32_t* ids, int64_t count, float penalty) {
+  for (int64_t j = 0; j < count; ++j) {
+    if (j > 0 && ids[j] == ids[j - 1]) continue;  // a repeat: each id is penalised once
+    float& x = logits[ids[j]];
+    x = x < 0 ? x * penalty : x / penalty;
+  }
+}
+
+float token_logprob_row(const float* logits, int64_t n, float temperature, int32_t token) {
+  // The order of engine/logits_processor.cpp's log_softmax over the temperature-divided row,
+  // so that a host backend gives the host path's logprob bit for bit.
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float max = logits[0] / temperature;
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, logits[i] / temperature);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = logits[i] / temperature;
+    if (x != kNegInf) sum += std::exp(static_cast<double>(x) - max);
+  }
+  const double log_sum = std::log(sum) + max;
+  const float x = logits[token] / temperature;
+  return x == kNegInf ? kNegInf : static_cast<float>(static_cast<double>(x) - log_sum);
 }
 
 }  // namespace mil::cpu

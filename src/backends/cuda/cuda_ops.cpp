@@ -562,6 +562,34 @@ class CudaOps final : public Ops {
     }
   }
 
+  void repetition_penalty(const Tensor& logits, const int32_t* ids, const int32_t* offsets,
+                          const float* penalties) override {
+    // f32 only: the penalty is applied in place, and bf16 logits would round it away.
+    check_dtype(logits, {DType::F32}, "repetition_penalty", "logits");
+    MIL_CHECK(logits.rows < INT32_MAX, "repetition_penalty: {} rows are too many",
+              shape_string(logits));
+    MIL_CHECK(logits.rows == 0 || (ids != nullptr && offsets != nullptr && penalties != nullptr),
+              "repetition_penalty: ids, offsets and penalties are required");
+    if (logits.rows == 0) return;
+    set_device();
+    launch_repetition_penalty(mat(logits), ids, offsets, penalties, stream_);
+    MIL_CUDA_CHECK_LAUNCH();
+  }
+
+  void token_logprobs(const Tensor& logits, const float* temperatures, const int32_t* tokens,
+                      float* out) override {
+    check_dtype(logits, {DType::F32}, "token_logprobs", "logits");
+    MIL_CHECK(logits.cols > 0, "token_logprobs: logits {} have no columns", shape_string(logits));
+    MIL_CHECK(logits.rows < INT32_MAX, "token_logprobs: {} rows are too many",
+              shape_string(logits));
+    MIL_CHECK(logits.rows == 0 || (temperatures != nullptr && tokens != nullptr && out != nullptr),
+              "token_logprobs: temperatures, tokens and out are required");
+    if (logits.rows == 0) return;
+    set_device();
+    launch_token_logprobs(mat(logits), temperatures, tokens, out, stream_);
+    MIL_CUDA_CHECK_LAUNCH();
+  }
+
  private:
   void set_device() const { MIL_CUDA_CHECK(cudaSetDevice(device_)); }
 

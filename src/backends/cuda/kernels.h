@@ -105,5 +105,11 @@ void launch_argmax(Mat logits, int32_t* out, cudaStream_t s);
 size_t sample_workspace_bytes(int64_t rows, int64_t vocab);
 void launch_sample(Mat logits, const SamplingParams* params, const float* uniforms, int32_t* out,
                    void* workspace, size_t workspace_bytes, cudaStream_t s);
+// Ops::repetition_penalty on f32 logits (ids, offsets, penalties in device memory).
+void launch_repetition_penalty(Mat logits, const int32_t* ids, const int32_t* offsets,
+                               const float* penalties, cudaStream_t s);
+// Ops::token_logprobs on f32 logits.
+void launch_token_logprobs(Mat logits, const float* temperatures, const int32_t* tokens, float* out,
+                           cudaStream_t s);
 
 }  // namespace mil::cuda

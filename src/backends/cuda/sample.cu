@@ -1,8 +1,8 @@
-// argmax and sampling on the GPU, with the CPU backend's semantics (backends/cpu/sample.cpp):
-// probabilities exp((l - max) / T), candidates sorted by decreasing probability with ties
-// in increasing id order (a stable segmented radix sort of the ids by probability), top-k,
-// then top-p over the sorted candidates, then one inverse-CDF draw with the caller's
-// uniform. Sums are in double, as on the CPU (prefix sums run as block scans, so the
+// argmax, sampling, the repetition penalty and token logprobs on the GPU, with the CPU backend's
+// semantics (backends/cpu/sample.cpp): probabilities exp((l - max) / T), candidates sorted by
+// decreasing probability with ties in increasing id order (a stable segmented radix sort of the ids
+// by probability), top-k, then top-p over the sorted candidates, then one inverse-CDF draw with the
+// caller's uniform. Sums are in double, as on the CPU (prefix sums run as block scans, so the
 // summation order differs from the CPU's only in rounding).
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -153,6 +153,62 @@ __global__ void __launch_bounds__(kThreads) pick_kernel(Mat logits, const Sampli
   if (threadIdx.x == 0) out[r] = id_row[(c <= kept ? c : kept) - 1];
 }
 
+// Ops::repetition_penalty: one block per row, thread j of the row's sorted list takes
+// ids[j] unless it repeats ids[j - 1], so every distinct id is written by exactly one thread
+// (no race, each id penalised once). __fmul_rn / __fdiv_rn: IEEE round-to-nearest whatever
+// the compiler flags, as the CPU's x * p and x / p.
+__global__ void repetition_penalty_kernel(Mat logits, const int32_t* ids, const int32_t* offsets,
+                                          const float* penalties) {
+  const int64_t r = blockIdx.x;
+  const float p = penalties[r];
+  if (p == 1.0f) return;
+  auto* row = static_cast<float*>(row_ptr(logits.data, logits.stride, r));
+  const int32_t begin = offsets[r], end = offsets[r + 1];
+  for (int64_t j = begin + static_cast<int64_t>(threadIdx.x); j < end; j += blockDim.x) {
+    const int32_t id = ids[j];
+    if (id < 0 || id >= logits.cols) continue;  // never write outside the row
+    if (j > begin && ids[j - 1] == id) continue;
+    const float x = row[id];
+    row[id] = x < 0.0f ? __fmul_rn(x, p) : __fdiv_rn(x, p);
+  }
+}
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return b > a ? b : a; }
+};
+
+// Ops::token_logprobs: the host's log_softmax (engine/logits_processor.cpp) of the row
+// divided by its temperature, at one token: f32 division, f32 max, double sum of exp.
+__global__ void __launch_bounds__(kThreads)
+    token_logprobs_kernel(Mat logits, const float* temperatures, const int32_t* tokens,
+                          float* out) {
+  using MaxReduce = cub::BlockReduce<float, kThreads>;
+  __shared__ typename MaxReduce::TempStorage max_tmp;
+  __shared__ typename SumReduce::TempStorage sum_tmp;
+  __shared__ float max_sh;
+  const float neg_inf = __uint_as_float(0xff800000u);
+  const int64_t r = blockIdx.x, n = logits.cols;
+  const auto* row = static_cast<const float*>(row_ptr(logits.data, logits.stride, r));
+  const float t = temperatures[r];
+  float m = neg_inf;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = MaxOp()(m, __fdiv_rn(row[i], t));
+  m = MaxReduce(max_tmp).Reduce(m, MaxOp());
+  if (threadIdx.x == 0) max_sh = m;
+  __syncthreads();
+  m = max_sh;
+  double part = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float x = __fdiv_rn(row[i], t);
+    if (x != neg_inf) part += exp(static_cast<double>(x) - static_cast<double>(m));
+  }
+  const double sum = SumReduce(sum_tmp).Sum(part);
+  if (threadIdx.x == 0) {
+    const double log_sum = log(sum) + static_cast<double>(m);
+    const float x = __fdiv_rn(row[tokens[r]], t);
+    out[r] = x == neg_inf ? neg_inf : static_cast<float>(static_cast<double>(x) - log_sum);
+  }
+}
+
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 size_t sort_temp_bytes(int64_t rows, int64_t n) {
@@ -170,6 +226,21 @@ size_t sort_temp_bytes(int64_t rows, int64_t n) {
 void launch_argmax(Mat logits, int32_t* out, cudaStream_t s) {
   if (logits.rows == 0) return;
   launch_kernel(argmax_kernel, static_cast<unsigned>(logits.rows), kThreads, 0, s, logits, out);
+}
+
+void launch_repetition_penalty(Mat logits, const int32_t* ids, const int32_t* offsets,
+                               const float* penalties, cudaStream_t s) {
+  if (logits.rows == 0) return;
+  // Lists are a few thousand ids at most per row: 256 threads cover them in a few passes.
+  repetition_penalty_kernel<<<static_cast<unsigned>(logits.rows), 256, 0, s>>>(logits, ids, offsets,
+                                                                               penalties);
+}
+
+void launch_token_logprobs(Mat logits, const float* temperatures, const int32_t* tokens, float* out,
+                           cudaStream_t s) {
+  if (logits.rows == 0) return;
+  token_logprobs_kernel<<<static_cast<unsigned>(logits.rows), kThreads, 0, s>>>(
+      logits, temperatures, tokens, out);
 }
 
 size_t sample_workspace_bytes(int64_t rows, int64_t vocab) {
