@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the closing figures of the CUDA backend (after a staging call that
-# copied .gguf-parts/sm3-00 and sm3-01 to /tmp/stage: the default model's xz parts exceed one
+# copied .gguf-parts/g40-00 and g40-01 to /tmp/stage, one per call: the default model's xz parts exceed one
 # call's 64 MiB, so they travel in two calls to the same warm machine):
 #   1. the default model from the parts (sha256 checked), the Llama-3-8B-shaped random model
 #      and transformers' reference logits (llama8b_agreement.py, background);
@@ -9,7 +9,7 @@
 #   4. mil bench --device cuda: batch-1 decode, step grid, TTFT, agreement (bench.json);
 #   5. MIL's kernel perf tests (decode attention, matmuls) and the PyTorch baselines
 #      (bench_torch_decode.py: plain and compiled decode, TTFT, SDPA), same machine, same call.
-# Carry .gguf-parts/sm3-02, .gpubin and .debs. Usage (device): OUT=$OUT scripts/gpu/run_final.sh
+# Carry .gguf-parts/g40-02, .gpubin and .debs. Usage (device): OUT=$OUT scripts/gpu/run_final.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; BIN=.gpubin; M=/tmp/llama3-8b-random; REF=/tmp/llama3-8b-ref
@@ -21,7 +21,7 @@ cublas_dir=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*'
 export LD_LIBRARY_PATH=$PWD/$BIN/lib:/tmp/dep/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${cublas_dir}:${LD_LIBRARY_PATH:-}
 [[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 t0=$(date +%s); el() { echo "$(( $(date +%s)-t0 ))s"; }
-cat /tmp/stage/sm3-00 /tmp/stage/sm3-01 .gguf-parts/sm3-02 | xz -d > $GGUF
+cat /tmp/stage/g40-00 /tmp/stage/g40-01 .gguf-parts/g40-02 | xz -d > $GGUF
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c || GGUF=
 PYTHONUNBUFFERED=1 timeout 300 python3 scripts/gpu/llama8b_agreement.py --model-dir $M --ref-dir $REF \
   --fp32 > $OUT/agreement_ref.log 2>&1 &

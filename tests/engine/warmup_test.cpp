@@ -128,6 +128,14 @@ class MeteredOps final : public Ops {
               int32_t* out) override {
     in_->sample(logits, p, u, out);
   }
+  void repetition_penalty(const Tensor& logits, const int32_t* ids, const int32_t* offsets,
+                          const float* penalties) override {
+    in_->repetition_penalty(logits, ids, offsets, penalties);
+  }
+  void token_logprobs(const Tensor& logits, const float* temperatures, const int32_t* tokens,
+                      float* out) override {
+    in_->token_logprobs(logits, temperatures, tokens, out);
+  }
 
  private:
   std::unique_ptr<Ops> in_;
