@@ -412,7 +412,7 @@ void launch_rope_kv_store(Mat q, Mat k, Mat v, int32_t head_dim, const int32_t* 
                           Mat v_cache, cudaStream_t s) {
   if (q.rows == 0) return;
   const int32_t half = head_dim / 2;
-  if (kernel_policy().row_vec && half >= 1 && half <= 1024 && head_dim % 2 == 0 && q.cols % head_dim == 0 && k.cols % head_dim == 0 &&
+  if (kernel_policy().row_vec && q.rows <= kernel_policy().rope_heads_max_rows && half >= 1 && half <= 1024 && head_dim % 2 == 0 && q.cols % head_dim == 0 && k.cols % head_dim == 0 &&
       v.cols == k.cols) {
     const auto q_heads = static_cast<int32_t>(q.cols / head_dim);
     const dim3 grid(static_cast<unsigned>(q_heads + k.cols / head_dim),

@@ -54,8 +54,8 @@ void launch_dequant_to_bf16(Mat w, uint16_t* dst, int64_t dst_ld, cudaStream_t s
 // Which kernel variants run: the fast paths by default; tests and benchmarks switch them
 // for before/after comparisons. Read from the environment at first use (MIL_ATTN_KERNEL=
 // auto|split|legacy, MIL_QGEMV=0|1, MIL_GEMV_BF16=auto|off|N, MIL_GEMV_SPLITK=0|1,
-// MIL_FUSED_ROPE_KV=0|1, MIL_PDL=0|1, MIL_ROW_VEC=0|1, MIL_DEQUANT_GEMM=0|1) and then set in
-// code.
+// MIL_FUSED_ROPE_KV=0|1, MIL_PDL=0|1, MIL_ROW_VEC=0|1, MIL_DEQUANT_GEMM=0|1,
+// MIL_ROPE_HEADS_MAX_ROWS=N) and then set in code.
 struct KernelPolicy {
   enum class Attention { kAuto, kSplit, kLegacy };
   Attention attention = Attention::kAuto;
@@ -65,6 +65,9 @@ struct KernelPolicy {
   int bf16_gemv_max_n = -1;    // -1: per-shape choice in Blas; 0: never; N: for n <= N
   bool pdl = true;             // launch.cuh: programmatic dependent launch (MIL_PDL=0: off)
   bool row_vec = true;         // vectorized decode row kernels (MIL_ROW_VEC=0: a block per row)
+  // rope + kv_store takes a block per (head, row) up to this many rows, a block per row
+  // beyond (prefill: 40 heads x 2048 rows of 64-thread blocks are ~20 waves).
+  int64_t rope_heads_max_rows = 256;
   // Quantized weights, n > 8, BF16 output: dequantize bands of weight rows into a BF16
   // scratch, then cuBLASLt (MIL_DEQUANT_GEMM=0: the first-version kernel).
   bool dequant_gemm = true;

@@ -394,6 +394,7 @@ KernelPolicy& kernel_policy() {
     if (const char* e = std::getenv("MIL_PDL")) p.pdl = e[0] != '0';
     if (const char* e = std::getenv("MIL_ROW_VEC")) p.row_vec = e[0] != '0';
     if (const char* e = std::getenv("MIL_DEQUANT_GEMM")) p.dequant_gemm = e[0] != '0';
+    if (const char* e = std::getenv("MIL_ROPE_HEADS_MAX_ROWS")) p.rope_heads_max_rows = std::atoll(e);
     if (const char* e = std::getenv("MIL_GEMV_BF16")) {
       if (std::strcmp(e, "off") == 0) {
         p.bf16_gemv_max_n = 0;
