@@ -1,223 +1,25 @@
 // The real Engine (engine.h): the engine thread and its mechanism. Policy is scheduler.h's,
 // KV block bookkeeping block_manager.h's, token choice logits_processor.h's and stop
 // sequences stop_matcher.h's; this file wires them to the model, the adapter store and the
-// requests' event sinks.
+// requests' event sinks (the engine's types: engine_impl.h; token choice and the events of a
+// new token: engine_tokens.cpp).
 //
 // Threads: submit(), stats(), drain(), shutdown() and RequestHandle::cancel() come from any
 // thread and meet the engine thread only under Inbox::mu (new requests, flags) and the
 // handle's own mutex (cancellation versus event delivery). Everything else (sequences,
 // blocks, the KV cache, adapter pins) belongs to the engine thread alone.
-#include "engine/engine.h"
+#include "engine/engine_impl.h"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <deque>
-#include <limits>
 #include <mutex>
-#include <optional>
 #include <thread>
 
 #include "core/error.h"
-#include "engine/block_manager.h"
-#include "engine/device_sampler.h"
-#include "engine/logits_processor.h"
-#include "engine/scheduler.h"
-#include "engine/stop_matcher.h"
 #include "engine/warmup.h"
 #include "model/llama.h"
-#include "tokenizer/model_tokenizer.h"
 
-namespace mil {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-// The prefix cache's adapter key: the name and its registration ("" for the base model).
-std::string prefix_cache_key(const std::string& adapter, uint64_t registration) {
-  return adapter.empty() ? std::string() : fmt::format("{}#{}", adapter, registration);
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-// Rows of prompt logits (prompt_logprobs) one step may ask the model for: the logits buffer
-// grows to the rows asked, so this bounds it (64 MiB of f32).
-constexpr int64_t kPromptLogitBytes = int64_t{64} << 20;
-// How long an engine with waiting requests but nothing it can run (say, every adapter slot
-// pinned by another user of the store) sleeps before planning again.
-constexpr auto kBlockedPoll = std::chrono::milliseconds(5);
-
-// Shared by the engine and the handles (which may outlive it).
-struct Inbox {
-  std::mutex mu;
-  std::condition_variable wake;  // the engine thread waits here
-  std::condition_variable idle_cv;  // drain() waits here
-  bool poked = false;            // a cancel() since the engine last looked
-  bool stop = false;
-  bool draining = false;
-  bool idle = true;              // no request submitted, queued or running
-  bool stopped = false;          // the engine thread has ended
-};
-
-struct HandleState {
-  // Held while delivering an event and while cancelling, so that after cancel() returns no
-  // event is delivered. Recursive: a sink may cancel its own request.
-  std::recursive_mutex mu;
-  std::atomic<bool> cancelled{false};
-};
-
-class Handle final : public RequestHandle {
- public:
-  Handle(uint64_t id, std::shared_ptr<HandleState> state, std::weak_ptr<Inbox> inbox)
-      : id_(id), state_(std::move(state)), inbox_(std::move(inbox)) {}
-  void cancel() override {
-    {
-      std::lock_guard lock(state_->mu);
-      if (state_->cancelled.exchange(true)) return;
-    }
-    if (auto inbox = inbox_.lock()) {
-      std::lock_guard lock(inbox->mu);
-      inbox->poked = true;
-      inbox->wake.notify_all();
-    }
-  }
-  uint64_t id() const override { return id_; }
-
- private:
-  uint64_t id_;
-  std::shared_ptr<HandleState> state_;
-  std::weak_ptr<Inbox> inbox_;
-};
-
-struct Sequence {
-  uint64_t id = 0;
-  std::shared_ptr<HandleState> handle;
-  EventSink sink;
-  RequestParams params;
-  int32_t prompt_len = 0;          // of the request
-  std::vector<int32_t> tokens;     // prompt, then generated tokens
-  std::vector<int32_t> seen;       // distinct ids of tokens, increasing (device path, penalty)
-  int32_t generated = 0;
-  int64_t computed = 0;            // tokens whose keys and values are in the cache
-  SequenceBlocks kv;
-  int32_t slot = -1;               // pinned adapter slot while running; -1 = none / base
-  // The adapter registration (AdapterStore::registration) its KV is computed with, and the
-  // prefix-cache key naming it: a name unloaded and loaded again is another adapter.
-  uint64_t registration = 0;
-  std::string cache_key;           // "" for the base model
-  bool decoding = false;           // sampled since its last admission
-  std::string admission_error;     // its adapter can never be made resident
-  TokenChooser chooser;
-  std::optional<IncrementalDecoder> decoder;
-  StopMatcher stop;
-  std::vector<TokenInfo> prefill;  // prompt logprobs, while asked and being computed
-  bool prefill_done = false;       // prompt logprobs complete (or not asked)
-  int32_t cached_prompt_tokens = 0;
-  bool scheduled_once = false;
-  bool finished = false;           // its last event went out (or it failed): leaves the batch
-  Clock::time_point submitted, first_scheduled, first_token;
-
-  Sequence(uint64_t seed, const std::vector<std::string>& stops) : chooser(seed), stop(stops) {}
-  bool wants_prompt_logprobs() const { return params.prompt_logprobs && !prefill_done; }
-  bool cancelled() const { return handle->cancelled.load(std::memory_order_relaxed); }
-};
-
-class EngineImpl final : public Engine {
- public:
-  EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options);
-  ~EngineImpl() override {
-    shutdown();
-    model_.release_decode_graphs(cache_);
-  }
-
-  std::shared_ptr<RequestHandle> submit(EngineRequest request, EventSink sink) override;
-  EngineStats stats() const override {
-    std::lock_guard lock(stats_mu_);
-    return stats_;
-  }
-  void set_step_observer(StepObserver observer) override {
-    std::lock_guard lock(stats_mu_);
-    observer_ = std::move(observer);
-  }
-  void drain() override;
-  void shutdown() override;
-
- private:
-  struct Scheduled {
-    Sequence* seq;
-    int64_t tokens;
-    int32_t first_logit = -1;  // index into the step's logits
-    int32_t logit_rows = 0;
-    bool all_logits = false;
-    bool prefill = false;
-  };
-
-  void run();
-  // One iteration; false when nothing could run.
-  bool step();
-  void take_submitted();  // under inbox_->mu
-  void drop_cancelled();
-  bool adapter_fits(Sequence& s, size_t waiting_index);
-  void preempt(Sequence& s);
-  // Prompt logprobs of the chunk's rows, then the next token when the chunk completes it.
-  void process_logits(Scheduled& c, const Tensor& logits);
-  // The device sampler's buffers at the engine's maxima (so that they are counted as used
-  // memory), then warm-up and the KV cache's size (warmup.h).
-  KvSizing size_kv();
-  void emit_token(Sequence& s, const TokenChoice& choice);
-  // The device path: the chosen token of every logit row into device_choices_; an error
-  // message where it failed (the step's sequences with a logit row fail with it).
-  std::string choose_on_device(const std::vector<Scheduled>& work, const Tensor& logits);
-  // Frees `s`'s KV blocks and adapter pin (end, cancellation or preemption).
-  void retire(Sequence& s);
-  void fail(Sequence& s, const std::string& error);
-  void emit(Sequence& s, RequestEvent&& event);
-  void fill_final(Sequence& s, RequestEvent& event, Clock::time_point now) const;
-  TokenInfo token_info(int32_t id, float logprob) const;
-  void publish_stats(const StepReport* report);
-  void fill_memory_stats(EngineStats& st) const {
-    st.device_total_bytes = sizing_.device_total;
-    st.free_before_warmup = sizing_.free_before;
-    st.free_after_warmup = sizing_.free_after;
-    st.graph_reserve_bytes = sizing_.graph_reserve;
-  }
-
-  LlamaModel& model_;
-  const ModelTokenizer& tokenizer_;
-  EngineOptions options_;
-  AdapterStore* adapters_;
-  bool device_sampling_ = false;
-  DeviceSampler device_sampler_;  // reserved before the KV cache is sized (size_kv)
-  KvSizing sizing_;  // filled by warm_up_and_size_kv before cache_ is made
-  KVCache cache_;
-  BlockManager blocks_;
-  SchedulerBudgets budgets_;
-  std::vector<int32_t> eos_ids_;
-  int64_t kv_bytes_ = 0;
-  std::vector<DeviceSampleRow> device_rows_;
-  std::vector<TokenChoice> device_choices_;
-
-  std::shared_ptr<Inbox> inbox_ = std::make_shared<Inbox>();
-  std::deque<std::unique_ptr<Sequence>> submitted_;  // under inbox_->mu
-  std::atomic<uint64_t> next_id_{1};
-
-  // Engine thread only.
-  std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
-  int64_t preemptions_ = 0;
-  int64_t prefix_hits_ = 0;
-
-  mutable std::mutex stats_mu_;
-  EngineStats stats_;
-  StepObserver observer_;
-
-  std::mutex shutdown_mu_;
-  std::thread thread_;
-};
+namespace mil::engine_internal {
 
 // Rows of prompt logits one step may ask for (see kPromptLogitBytes).
 int64_t prompt_logit_rows(const LlamaModel& model) {
@@ -443,33 +245,6 @@ void EngineImpl::emit(Sequence& s, RequestEvent&& event) {
   } catch (...) {
     // A sink must not throw; one that does loses its event, not the engine.
   }
-}
-
-void EngineImpl::fill_final(Sequence& s, RequestEvent& e, Clock::time_point now) const {
-  e.generated_tokens = s.generated;
-  e.prompt_tokens = s.prompt_len;
-  if (s.params.prompt_logprobs) e.prefill = std::move(s.prefill);
-  if (s.scheduled_once) {
-    e.queue_seconds = seconds_between(s.submitted, s.first_scheduled);
-    e.inference_seconds = seconds_between(s.first_scheduled, now);
-  } else {
-    e.queue_seconds = seconds_between(s.submitted, now);
-  }
-  if (s.generated > 0) e.first_token_seconds = seconds_between(s.submitted, s.first_token);
-  e.cached_prompt_tokens = s.cached_prompt_tokens;
-}
-
-TokenInfo EngineImpl::token_info(int32_t id, float logprob) const {
-  TokenInfo t;
-  t.id = id;
-  t.logprob = logprob;
-  const Tokenizer& tok = tokenizer_.tokenizer();
-  if (id >= 0 && id < tok.vocab_size()) {
-    const int32_t one[1] = {id};
-    t.text = tok.decode(one, false);
-    t.special = tok.is_special(id);
-  }
-  return t;
 }
 
 bool EngineImpl::adapter_fits(Sequence& s, size_t waiting_index) {
@@ -699,94 +474,6 @@ bool EngineImpl::step() {
   return true;
 }
 
-void EngineImpl::process_logits(Scheduled& c, const Tensor& logits) {
-  Sequence& s = *c.seq;
-  const int64_t vocab = logits.cols;
-  auto row = [&](int32_t i) {
-    return std::span<const float>(logits.row<float>(c.first_logit + i), static_cast<size_t>(vocab));
-  };
-  try {
-    if (c.all_logits) {
-      // Row p holds the distribution of token p + 1.
-      std::vector<float> lp;
-      const int64_t first_pos = s.computed - c.tokens;
-      for (int32_t i = 0; i < c.logit_rows; ++i) {
-        const int64_t pos = first_pos + i;
-        if (pos == 0) s.prefill.push_back(token_info(s.tokens[0], std::nanf("")));
-        if (pos + 1 >= s.prompt_len) break;
-        log_softmax(row(i), lp);
-        const int32_t next = s.tokens[pos + 1];
-        s.prefill.push_back(token_info(next, lp[next]));
-      }
-      if (s.computed >= s.prompt_len) s.prefill_done = true;
-    }
-    if (s.computed != static_cast<int64_t>(s.tokens.size())) return;  // mid-prompt
-    const std::span<const int32_t> all(s.tokens);
-    const TokenChoice choice =
-        s.chooser.choose(row(c.logit_rows - 1), s.params, all,
-                         all.subspan(static_cast<size_t>(s.prompt_len)));
-    emit_token(s, choice);
-  } catch (const std::exception& e) {
-    fail(s, fmt::format("request {}: {}", s.id, e.what()));
-  }
-}
-
-std::string EngineImpl::choose_on_device(const std::vector<Scheduled>& work, const Tensor& logits) {
-  // Without prompt logprobs a sequence has a logit row only when its chunk completes it, so
-  // every row of `logits` asks for one token.
-  device_rows_.assign(static_cast<size_t>(logits.rows), DeviceSampleRow{});
-  try {
-    for (const Scheduled& c : work) {
-      if (c.logit_rows == 0) continue;
-      Sequence& s = *c.seq;
-      device_rows_[static_cast<size_t>(c.first_logit)] = device_row(s.params, s.seen, s.chooser);
-    }
-    device_sampler_.choose(logits, device_rows_, device_choices_);
-  } catch (const std::exception& e) {
-    return fmt::format("sampling on the device failed: {}", e.what());
-  }
-  return {};
-}
-
-void EngineImpl::emit_token(Sequence& s, const TokenChoice& choice) {
-  const Clock::time_point now = Clock::now();
-  const int32_t id = choice.token;
-  s.tokens.push_back(id);
-  if (device_sampling_ && s.params.repetition_penalty != 1.0f) insert_seen(s.seen, id);
-  ++s.generated;
-  s.decoding = true;
-  if (s.generated == 1) s.first_token = now;
-
-  RequestEvent e;
-  e.token = token_info(id, choice.logprob);
-  for (const auto& [alt, lp] : choice.top) e.top_tokens.push_back(token_info(alt, lp));
-  e.index = s.generated;
-
-  const bool eos = (!s.params.ignore_eos &&
-                    std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) ||
-                   std::find(s.params.stop_token_ids.begin(), s.params.stop_token_ids.end(), id) !=
-                       s.params.stop_token_ids.end();
-  const bool length = s.generated >= s.params.max_new_tokens;
-  e.text = s.decoder->push(id);
-  if (eos || length) e.text += s.decoder->flush();
-  const bool stop = s.stop.append(e.text);
-  const bool finished = eos || length || stop;
-  if (stop && !eos && !length) {
-    const std::string rest = s.decoder->flush();
-    e.text += rest;
-  }
-  e.visible_text = s.stop.take_visible(finished);
-  if (finished) {
-    e.finished = true;
-    s.finished = true;
-    e.finish = stop ? FinishReason::StopSequence
-                    : eos ? FinishReason::EndOfSequence : FinishReason::Length;
-    retire(s);
-    fill_final(s, e, now);
-  }
-  emit(s, std::move(e));
-}
-
 void EngineImpl::publish_stats(const StepReport* report) {
   EngineStats st;
   st.kv_blocks = cache_.num_blocks();
@@ -814,11 +501,13 @@ void EngineImpl::publish_stats(const StepReport* report) {
   if (observer) observer(*report, st);
 }
 
-}  // namespace
+}  // namespace mil::engine_internal
+
+namespace mil {
 
 std::unique_ptr<Engine> make_engine(LlamaModel& model, const ModelTokenizer& tokenizer,
                                     EngineOptions options) {
-  return std::make_unique<EngineImpl>(model, tokenizer, options);
+  return std::make_unique<engine_internal::EngineImpl>(model, tokenizer, options);
 }
 
 }  // namespace mil
