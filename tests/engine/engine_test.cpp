@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "backends/cpu/cpu_ops.h"
+#include "engine/tiny_engine_test_base.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "engine/logits_processor.h"
@@ -97,46 +98,14 @@ class Collector {
   int after_cancel_ = 0;
 };
 
-class EngineTest : public testing::Test {
+class EngineTest : public test::TinyEngineTest {
  protected:
-  void SetUp() override {
-    const std::string path = (kFixtures / "tiny_gguf" / "F32.gguf").string();
-    text_ = std::make_unique<ModelTokenizer>(ModelTokenizer::load(path));
-    weights_ = std::make_unique<LlamaWeights>(open_weight_source(path), ShardSpec{});
-    store_ = std::make_unique<AdapterStore>(weights_->config(), ShardSpec{},
-                                            AdapterStore::Limits{4, size_t{1} << 30});
-    const std::string adapter = (kFixtures / "lora" / "gguf_F32" / "g_r8_qk").string();
-    store_->add("g", adapter);
-    store_->add("g2", adapter);  // the same weights under another name
-    ref_ops_ = make_cpu_ops(1);
-    ops_ = make_cpu_ops(1);
-    // Two models over the same weights: the engine thread runs one, the reference the other.
-    ref_model_ = std::make_unique<LlamaModel>(*weights_, *ref_ops_, 256, store_.get());
-    model_ = std::make_unique<LlamaModel>(*weights_, *ops_, 16, store_.get());
-    vocab_ = static_cast<int32_t>(weights_->config().vocab_size);
-  }
+  void SetUp() override { load(16); }
 
   std::unique_ptr<Engine> engine(EngineOptions o = {}) {
     if (o.kv_blocks == 0) o.kv_blocks = 64;
     o.block_size = o.block_size == 16 ? 4 : o.block_size;
     return make_engine(*model_, *text_, o);
-  }
-
-  std::vector<int32_t> random_prompt(std::mt19937& rng, int len) {
-    std::vector<int32_t> p(len);
-    for (auto& t : p) t = 3 + static_cast<int32_t>(rng() % (vocab_ - 3));
-    return p;
-  }
-
-  // Greedy tokens of `prompt` alone (no EOS stop).
-  std::vector<int32_t> alone(const std::vector<int32_t>& prompt, int max_new,
-                             const std::string& adapter = "") {
-    Generator gen(*ref_model_, 256, 4);
-    GenerationParams p;
-    p.max_new_tokens = max_new;
-    p.stop_at_eos = false;
-    p.adapter = adapter;
-    return gen.generate(prompt, p).tokens;
   }
 
   static EngineRequest greedy(std::vector<int32_t> prompt, int max_new, std::string adapter = "") {
@@ -162,13 +131,6 @@ class EngineTest : public testing::Test {
     EXPECT_EQ(store_->pins("g"), 0);
     EXPECT_EQ(store_->pins("g2"), 0);
   }
-
-  std::unique_ptr<ModelTokenizer> text_;
-  std::unique_ptr<LlamaWeights> weights_;
-  std::unique_ptr<AdapterStore> store_;
-  std::unique_ptr<Ops> ref_ops_, ops_;
-  std::unique_ptr<LlamaModel> ref_model_, model_;
-  int32_t vocab_ = 0;
 };
 
 TEST_F(EngineTest, ContinuousBatchingGivesWhatEachRequestGetsAlone) {

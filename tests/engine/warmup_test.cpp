@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "backends/cpu/cpu_ops.h"
+#include "engine/tiny_engine_test_base.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "lora/adapter_store.h"
@@ -26,10 +27,8 @@
 namespace mil {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-const fs::path kFixtures = MIL_FIXTURES_DIR;
 
 // The live allocations of every MeteredOps (release functions are plain function pointers).
 std::mutex g_mu;
@@ -142,41 +141,11 @@ class MeteredOps final : public Ops {
   size_t total_;
 };
 
-class Warmup : public testing::Test {
+class Warmup : public test::TinyEngineTest {
  protected:
   static constexpr int64_t kMaxTokens = 16;
 
-  void SetUp() override {
-    const std::string path = (kFixtures / "tiny_gguf" / "F32.gguf").string();
-    text_ = std::make_unique<ModelTokenizer>(ModelTokenizer::load(path));
-    weights_ = std::make_unique<LlamaWeights>(open_weight_source(path), ShardSpec{});
-    store_ = std::make_unique<AdapterStore>(weights_->config(), ShardSpec{},
-                                            AdapterStore::Limits{4, size_t{1} << 30});
-    const std::string adapter = (kFixtures / "lora" / "gguf_F32" / "g_r8_qk").string();
-    store_->add("g", adapter);
-    store_->add("g2", adapter);
-    ops_ = make_cpu_ops(1);
-    ref_ops_ = make_cpu_ops(1);
-    model_ = std::make_unique<LlamaModel>(*weights_, *ops_, kMaxTokens, store_.get());
-    ref_model_ = std::make_unique<LlamaModel>(*weights_, *ref_ops_, 256, store_.get());
-    vocab_ = static_cast<int32_t>(weights_->config().vocab_size);
-  }
-
-  std::vector<int32_t> random_prompt(std::mt19937& rng, int len) const {
-    std::vector<int32_t> p(static_cast<size_t>(len));
-    for (auto& t : p) t = 3 + static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab_ - 3));
-    return p;
-  }
-
-  std::vector<int32_t> alone(const std::vector<int32_t>& prompt, int max_new,
-                             const std::string& adapter) const {
-    Generator gen(*ref_model_, 256, 4);
-    GenerationParams p;
-    p.max_new_tokens = max_new;
-    p.stop_at_eos = false;
-    p.adapter = adapter;
-    return gen.generate(prompt, p).tokens;
-  }
+  void SetUp() override { load(kMaxTokens); }
 
   // A step of `lens` sequences (each its own blocks of a `bs`-token cache), logits for the
   // last row of each, rows of sequence i on adapter `slots[i]` (-1: base).
@@ -202,13 +171,6 @@ class Warmup : public testing::Test {
     }
     return b;
   }
-
-  std::unique_ptr<ModelTokenizer> text_;
-  std::unique_ptr<LlamaWeights> weights_;
-  std::unique_ptr<AdapterStore> store_;
-  std::unique_ptr<Ops> ops_, ref_ops_;
-  std::unique_ptr<LlamaModel> model_, ref_model_;
-  int32_t vocab_ = 0;
 };
 
 TEST_F(Warmup, ModelStepsWithinTheReservedMaximaAllocateNothing) {
