@@ -26,18 +26,6 @@ int64_t prompt_logit_rows(const LlamaModel& model) {
   return std::max<int64_t>(1, kPromptLogitBytes / (model.config().vocab_size * 4));
 }
 
-// Warm-up and KV sizing (warmup.h) run before the cache is made, in the initializer list.
-KvSizing EngineImpl::size_kv() {
-  if (device_sampling_) {
-    // A step samples at most one row per token it computes; a sequence has seen at most as
-    // many distinct ids as the model has positions.
-    const int64_t rows = std::min(options_.max_batch_prefill_tokens, model_.max_tokens_per_step());
-    const int64_t seqs = options_.max_batch_size > 0 ? std::min<int64_t>(options_.max_batch_size, rows) : rows;
-    device_sampler_.reserve(rows, seqs * model_.config().max_position_embeddings);
-  }
-  return warm_up_and_size_kv(model_, options_, prompt_logit_rows(model_));
-}
-
 EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, EngineOptions options)
     : model_(model),
       tokenizer_(tokenizer),
@@ -45,7 +33,8 @@ EngineImpl::EngineImpl(LlamaModel& model, const ModelTokenizer& tokenizer, Engin
       adapters_(model.adapters()),
       device_sampling_(samples_on_device(options.sample_on_device, model.ops())),
       device_sampler_(model.ops()),
-      sizing_(size_kv()),
+      sizing_(warm_up_and_size_kv(model, options, prompt_logit_rows(model),
+                                   device_sampling_ ? &device_sampler_ : nullptr)),
       cache_(model.make_kv_cache(sizing_.blocks, options.block_size)),
       blocks_(cache_.num_blocks(), options.block_size, options.prefix_caching) {
   kv_bytes_ = sizing_.bytes_per_block * cache_.num_blocks();

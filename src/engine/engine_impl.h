@@ -161,9 +161,6 @@ class EngineImpl final : public Engine {
   void preempt(Sequence& s);
   // Prompt logprobs of the chunk's rows, then the next token when the chunk completes it.
   void process_logits(Scheduled& c, const Tensor& logits);
-  // The device sampler's buffers at the engine's maxima (so that they are counted as used
-  // memory), then warm-up and the KV cache's size (warmup.h).
-  KvSizing size_kv();
   void emit_token(Sequence& s, const TokenChoice& choice);
   // The device path: the chosen token of every logit row into device_choices_; an error
   // message where it failed (the step's sequences with a logit row fail with it).
@@ -187,7 +184,7 @@ class EngineImpl final : public Engine {
   EngineOptions options_;
   AdapterStore* adapters_;
   bool device_sampling_ = false;
-  DeviceSampler device_sampler_;  // reserved before the KV cache is sized (size_kv)
+  DeviceSampler device_sampler_;  // reserved before the KV cache is sized (warmup.h)
   KvSizing sizing_;  // filled by warm_up_and_size_kv before cache_ is made
   KVCache cache_;
   BlockManager blocks_;

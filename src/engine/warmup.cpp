@@ -1,6 +1,6 @@
 #include "engine/warmup.h"
 
-#include "engine/sampler.h"
+#include "engine/device_sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,7 +24,8 @@ int64_t free_now(Ops& ops) {
 
 }  // namespace
 
-KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& o, int64_t step_logit_rows) {
+KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& o, int64_t step_logit_rows,
+                             DeviceSampler* sampler) {
   MIL_CHECK(o.block_size > 0, "engine: block_size must be positive, got {}", o.block_size);
   MIL_CHECK(o.max_batch_prefill_tokens > 0, "engine: max_batch_prefill_tokens must be positive");
   MIL_CHECK(o.memory_fraction >= 0 && o.memory_fraction <= 1,
@@ -45,7 +46,7 @@ KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& o, int64_t 
   mx.seqs = static_cast<int32_t>(seqs);
   mx.logit_rows = std::min(step_tokens, seqs + std::max<int64_t>(step_logit_rows, 0));
   // Device sampling (device_sampler.h) samples every logits row of a step at most.
-  mx.sample_rows = samples_on_device(o.sample_on_device, ops) ? mx.logit_rows : 0;
+  mx.sample_rows = sampler != nullptr ? mx.logit_rows : 0;
   const int64_t widest = (c.max_position_embeddings + o.block_size - 1) / o.block_size;
   mx.blocks_per_seq = static_cast<int32_t>(std::max<int64_t>(widest, 1));
   mx.lora_rank = o.max_lora_rank;
@@ -58,6 +59,10 @@ KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& o, int64_t 
     k.free_before = static_cast<int64_t>(free0);
   }
   model.reserve(mx);
+  // A sequence has seen at most as many distinct ids as the model has positions.
+  if (sampler != nullptr) {
+    sampler->reserve(mx.logit_rows, int64_t{mx.seqs} * c.max_position_embeddings);
+  }
   if (measured || o.always_warm_up) model.warm_up(mx, o.block_size);
   // The decode graphs are captured after the cache is sized; what they take beyond their
   // buffers (kept from this capture) is measured here, over a one-block scratch cache, with

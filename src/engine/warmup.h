@@ -8,6 +8,7 @@
 
 namespace mil {
 
+class DeviceSampler;
 class LlamaModel;
 
 struct KvSizing {
@@ -24,7 +25,9 @@ struct KvSizing {
 // the engine's budget of prompt-logprob rows per step), runs the warm-up steps and measures
 // the decode graphs where the backend reports its memory (or options.always_warm_up), and
 // returns how many KV blocks the cache gets. Fails with the measurements when none fits.
+// `sampler` (the engine's device path of token choice, or null) is reserved with the model's
+// buffers, so that its memory is in use when the cache is sized.
 KvSizing warm_up_and_size_kv(LlamaModel& model, const EngineOptions& options,
-                             int64_t step_logit_rows);
+                             int64_t step_logit_rows, DeviceSampler* sampler);
 
 }  // namespace mil

@@ -29,7 +29,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-
 // The live allocations of every MeteredOps (release functions are plain function pointers).
 std::mutex g_mu;
 std::unordered_map<void*, size_t> g_live;

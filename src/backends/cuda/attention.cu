@@ -264,6 +264,19 @@ constexpr int kDThreads = 128;
 constexpr int kDChunk = 512;  // keys per chunk (scores of a chunk live in shared memory)
 constexpr int kDUnroll = 8;   // 16-byte loads in flight per thread
 
+// The kDUnroll 16-byte pieces a thread reads of a K or V cache: keys i + u * KPS of the
+// chunk (u < kDUnroll), at column kv_col of their slots; zeros past n or for a missing slot.
+template <int KPS>
+__device__ __forceinline__ void load_cache_pieces(const uint16_t* cache, size_t stride, const int64_t* s_slot,
+                                                  int i, int n, int64_t kv_col, uint4 (&r)[kDUnroll]) {
+#pragma unroll
+  for (int u = 0; u < kDUnroll; ++u) {
+    const int key = i + u * KPS;
+    const int64_t slot = key < n ? s_slot[key] : -1;
+    r[u] = slot >= 0 ? __ldg(reinterpret_cast<const uint4*>(cache + slot * stride + kv_col)) : make_uint4(0, 0, 0, 0);
+  }
+}
+
 template <int D, int G>
 __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
   pdl_begin();
@@ -326,13 +339,7 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
     // Scores.
     for (int i0 = 0; i0 < n; i0 += KPS * kDUnroll) {
       uint4 kr[kDUnroll];
-#pragma unroll
-      for (int u = 0; u < kDUnroll; ++u) {
-        const int i = i0 + u * KPS + kg;
-        const int64_t slot = i < n ? s_slot[i] : -1;
-        kr[u] = slot >= 0 ? __ldg(reinterpret_cast<const uint4*>(p.k + slot * p.kv_stride + kv_col))
-                          : make_uint4(0, 0, 0, 0);
-      }
+      load_cache_pieces<KPS>(p.k, p.kv_stride, s_slot, i0 + kg, n, kv_col, kr);
 #pragma unroll
       for (int u = 0; u < kDUnroll; ++u) {
         const int i = i0 + u * KPS + kg;
@@ -393,13 +400,7 @@ __global__ void __launch_bounds__(kDThreads) decode_kernel(Params p) {
     // Values.
     for (int i0 = 0; i0 < n; i0 += KPS * kDUnroll) {
       uint4 vr[kDUnroll];
-#pragma unroll
-      for (int u = 0; u < kDUnroll; ++u) {
-        const int i = i0 + u * KPS + kg;
-        const int64_t slot = i < n ? s_slot[i] : -1;
-        vr[u] = slot >= 0 ? __ldg(reinterpret_cast<const uint4*>(p.v + slot * p.kv_stride + kv_col))
-                          : make_uint4(0, 0, 0, 0);
-      }
+      load_cache_pieces<KPS>(p.v, p.kv_stride, s_slot, i0 + kg, n, kv_col, vr);
 #pragma unroll
       for (int u = 0; u < kDUnroll; ++u) {
         const int i = i0 + u * KPS + kg;

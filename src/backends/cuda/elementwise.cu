@@ -44,71 +44,47 @@ __global__ void embedding_kernel(Mat table, const int32_t* ids, Mat out) {
   }
 }
 
-__global__ void rmsnorm_kernel(Mat x, Mat w, float eps, Mat out) {
+// rmsnorm of x (kAdd false) or residual += x, rounded to residual's dtype, then rmsnorm of
+// the rounded sums (kAdd true, as an add followed by an rmsnorm would). Every thread reads its
+// own elements before writing them: out may alias the input.
+template <bool kAdd>
+__global__ void rmsnorm_kernel(Mat res, Mat x, Mat w, float eps, Mat out) {
   pdl_begin();
   __shared__ float scratch[32];
-  for (int64_t r = blockIdx.x; r < x.rows; r += gridDim.x) {
-    const void* xr = row_ptr(x.data, x.stride, r);
+  const Mat& src = kAdd ? res : x;
+  for (int64_t r = blockIdx.x; r < src.rows; r += gridDim.x) {
+    void* sr = row_ptr(src.data, src.stride, r);
     float ss = 0.0f;
-    for (int64_t j = threadIdx.x; j < x.cols; j += blockDim.x) {
-      const float v = load_elem(xr, j, x.dtype);
+    for (int64_t j = threadIdx.x; j < src.cols; j += blockDim.x) {
+      if constexpr (kAdd) {
+        store_elem(sr, j, src.dtype, load_elem(sr, j, src.dtype) + load_elem(row_ptr(x.data, x.stride, r), j, x.dtype));
+      }
+      const float v = load_elem(sr, j, src.dtype);
       ss += v * v;
     }
     ss = block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(x.cols) + eps);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(src.cols) + eps);
     void* orow = row_ptr(out.data, out.stride, r);
-    // Every thread reads its own elements before writing them: out may alias x.
-    for (int64_t j = threadIdx.x; j < x.cols; j += blockDim.x)
-      store_elem(orow, j, out.dtype, (load_elem(xr, j, x.dtype) * inv) * load_elem(w.data, j, w.dtype));
+    for (int64_t j = threadIdx.x; j < src.cols; j += blockDim.x)
+      store_elem(orow, j, out.dtype, (load_elem(sr, j, src.dtype) * inv) * load_elem(w.data, j, w.dtype));
   }
 }
 
-// residual += x, rounded to residual's dtype; the rounded sums are what gets normalised
-// (as an add followed by an rmsnorm would). Each thread reads back only its own elements.
-__global__ void add_rmsnorm_kernel(Mat res, Mat x, Mat w, float eps, Mat out) {
-  pdl_begin();
-  __shared__ float scratch[32];
-  for (int64_t r = blockIdx.x; r < res.rows; r += gridDim.x) {
-    void* rr = row_ptr(res.data, res.stride, r);
-    const void* xr = row_ptr(x.data, x.stride, r);
-    float ss = 0.0f;
-    for (int64_t j = threadIdx.x; j < res.cols; j += blockDim.x) {
-      store_elem(rr, j, res.dtype, load_elem(rr, j, res.dtype) + load_elem(xr, j, x.dtype));
-      const float v = load_elem(rr, j, res.dtype);
-      ss += v * v;
-    }
-    ss = block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(res.cols) + eps);
-    void* orow = row_ptr(out.data, out.stride, r);
-    for (int64_t j = threadIdx.x; j < res.cols; j += blockDim.x)
-      store_elem(orow, j, out.dtype, (load_elem(rr, j, res.dtype) * inv) * load_elem(w.data, j, w.dtype));
+// Rotates elements a and b of row xr by the angle of sine s and cosine c; with dst, the
+// rotated values also go to dst (same dtype, so the stored bits equal a later copy of the row).
+__device__ __forceinline__ void rotate_pair(void* xr, DType dt, int64_t a, int64_t b, float s, float c,
+                                            void* dst) {
+  const float x0 = load_elem(xr, a, dt), x1 = load_elem(xr, b, dt);
+  const float ya = x0 * c - x1 * s, yb = x1 * c + x0 * s;
+  store_elem(xr, a, dt, ya);
+  store_elem(xr, b, dt, yb);
+  if (dst != nullptr) {
+    store_elem(dst, a, dt, ya);
+    store_elem(dst, b, dt, yb);
   }
 }
 
-__global__ void rope_kernel(Mat x, int32_t head_dim, const int32_t* positions,
-                            const float* inv_freq, bool interleaved) {
-  pdl_begin();
-  const int32_t half = head_dim / 2;
-  const int64_t pairs = x.cols / 2;
-  for (int64_t r = blockIdx.x; r < x.rows; r += gridDim.x) {
-    const float pos = static_cast<float>(positions[r]);
-    void* xr = row_ptr(x.data, x.stride, r);
-    for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-      const int64_t head = p / half;
-      const int32_t j = static_cast<int32_t>(p % half);
-      const int64_t a = head * head_dim + (interleaved ? 2 * j : j);
-      const int64_t b = head * head_dim + (interleaved ? 2 * j + 1 : j + half);
-      float s, c;
-      sincosf(pos * inv_freq[j], &s, &c);
-      const float x0 = load_elem(xr, a, x.dtype), x1 = load_elem(xr, b, x.dtype);
-      store_elem(xr, a, x.dtype, x0 * c - x1 * s);
-      store_elem(xr, b, x.dtype, x1 * c + x0 * s);
-    }
-  }
-}
-
-// One row of rope_kernel; with dst, each rotated value also goes to dst (same dtype as x, so
-// the stored bits equal a later copy of the row).
+// RoPE on one row of heads of head_dim, threads strided over the rotated pairs.
 __device__ __forceinline__ void rope_row(void* xr, int64_t cols, DType dt, int32_t head_dim, float pos,
                                          const float* inv_freq, bool interleaved, void* dst) {
   const int32_t half = head_dim / 2;
@@ -120,14 +96,16 @@ __device__ __forceinline__ void rope_row(void* xr, int64_t cols, DType dt, int32
     const int64_t b = head * head_dim + (interleaved ? 2 * j + 1 : j + half);
     float s, c;
     sincosf(pos * inv_freq[j], &s, &c);
-    const float x0 = load_elem(xr, a, dt), x1 = load_elem(xr, b, dt);
-    const float ya = x0 * c - x1 * s, yb = x1 * c + x0 * s;
-    store_elem(xr, a, dt, ya);
-    store_elem(xr, b, dt, yb);
-    if (dst != nullptr) {
-      store_elem(dst, a, dt, ya);
-      store_elem(dst, b, dt, yb);
-    }
+    rotate_pair(xr, dt, a, b, s, c, dst);
+  }
+}
+
+__global__ void rope_kernel(Mat x, int32_t head_dim, const int32_t* positions,
+                            const float* inv_freq, bool interleaved) {
+  pdl_begin();
+  for (int64_t r = blockIdx.x; r < x.rows; r += gridDim.x) {
+    rope_row(row_ptr(x.data, x.stride, r), x.cols, x.dtype, head_dim, static_cast<float>(positions[r]),
+             inv_freq, interleaved, nullptr);
   }
 }
 
@@ -305,7 +283,7 @@ __global__ void rmsnorm_vec_kernel(Mat res, Mat x, Mat w, float eps, Mat out) {
 
 // rope_kv_store_kernel with a block per (head, row) and a thread per rotated pair: blocks
 // [0, q_heads) rotate q's heads, the rest rotate k's heads (copied to the cache slot) and copy
-// v's. The arithmetic of rope_row.
+// v's. The arithmetic of rope_row (rotate_pair).
 __global__ void rope_kv_store_heads_kernel(Mat q, Mat k, Mat v, int32_t head_dim, const int32_t* positions,
                                            const float* inv_freq, bool interleaved, const int32_t* slots,
                                            Mat kc, Mat vc, int32_t q_heads) {
@@ -319,17 +297,11 @@ __global__ void rope_kv_store_heads_kernel(Mat q, Mat k, Mat v, int32_t head_dim
     float s, c;
     sincosf(static_cast<float>(positions[r]) * inv_freq[j], &s, &c);
     const Mat& m = is_q ? q : k;
-    void* xr = row_ptr(m.data, m.stride, r);
-    const float x0 = load_elem(xr, a, m.dtype), x1 = load_elem(xr, b, m.dtype);
-    const float ya = x0 * c - x1 * s, yb = x1 * c + x0 * s;
-    store_elem(xr, a, m.dtype, ya);
-    store_elem(xr, b, m.dtype, yb);
-    if (is_q) continue;
-    const int32_t slot = slots[r];
-    if (slot < 0 || slot >= kc.rows) continue;
-    void* kd = row_ptr(kc.data, kc.stride, slot);
-    store_elem(kd, a, m.dtype, ya);
-    store_elem(kd, b, m.dtype, yb);
+    const int32_t slot = is_q ? -1 : slots[r];
+    const bool store = slot >= 0 && slot < kc.rows;
+    rotate_pair(row_ptr(m.data, m.stride, r), m.dtype, a, b, s, c,
+                store ? row_ptr(kc.data, kc.stride, slot) : nullptr);
+    if (!store) continue;
     const auto* vs = static_cast<const uint16_t*>(row_ptr(v.data, v.stride, r));
     auto* vd = static_cast<uint16_t*>(row_ptr(vc.data, vc.stride, slot));
     vd[h0 + j] = vs[h0 + j];
@@ -392,13 +364,13 @@ void launch_embedding(Mat table, const int32_t* ids, Mat out, cudaStream_t s) {
 void launch_rmsnorm(Mat x, Mat weight, float eps, Mat out, cudaStream_t s) {
   if (x.rows == 0) return;
   if (launch_rmsnorm_vec<false>(x, x, weight, eps, out, s)) return;
-  launch_kernel(rmsnorm_kernel, rows_grid(x.rows), 512, 0, s, x, weight, eps, out);
+  launch_kernel(rmsnorm_kernel<false>, rows_grid(x.rows), 512, 0, s, x, x, weight, eps, out);
 }
 
 void launch_add_rmsnorm(Mat residual, Mat x, Mat weight, float eps, Mat out, cudaStream_t s) {
   if (residual.rows == 0) return;
   if (launch_rmsnorm_vec<true>(residual, x, weight, eps, out, s)) return;
-  launch_kernel(add_rmsnorm_kernel, rows_grid(residual.rows), 512, 0, s, residual, x, weight, eps, out);
+  launch_kernel(rmsnorm_kernel<true>, rows_grid(residual.rows), 512, 0, s, residual, x, weight, eps, out);
 }
 
 void launch_rope(Mat x, int32_t head_dim, const int32_t* positions, const float* inv_freq,

@@ -171,6 +171,47 @@ __global__ void __launch_bounds__(kGemvWarps * 32) qgemv_kernel(Mat x, Mat w, Ma
   gemv_store<R, N>(acc, row0, w.rows, nr, y);
 }
 
+template <int R, int U>
+__device__ __forceinline__ void load_weight_chunks(const uint4* const (&wrow)[R], int64_t c0, int64_t cend,
+                                                   uint4 (&wr)[R][U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + 32 * u;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (c < cend) wr[r][u] = __ldcs(wrow[r] + c);  // streamed: no reuse
+    }
+  }
+}
+
+// acc[r][n] += w row r's chunks c0 + 32u (u < U, below cend) · x row n's (n < nr): the
+// weights from registers, the activations through L1.
+template <int R, int U, int N>
+__device__ __forceinline__ void accumulate_chunks(const uint4 (&wr)[R][U], int64_t c0, int64_t cend,
+                                                  const Mat& x, int nr, float (&acc)[R][N]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + 32 * u;
+    if (c < cend) {
+      float wf[R][8];
+#pragma unroll
+      for (int r = 0; r < R; ++r) bf16x8_to_f32(wr[r][u], wf[r]);
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        if (n < nr) {
+          float xf[8];
+          bf16x8_to_f32(__ldg(static_cast<const uint4*>(row_ptr(x.data, x.stride, n)) + c), xf);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[r][n] += wf[r][e] * xf[e];
+          }
+        }
+      }
+    }
+  }
+}
+
 template <int N>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w, Mat y) {
   pdl_begin();
@@ -194,35 +235,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w
   }
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
     uint4 wr[R][U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (c < chunks) wr[r][u] = __ldcs(wrow[r] + c);  // streamed: no reuse
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c < chunks) {
-        float wf[R][8];
-#pragma unroll
-        for (int r = 0; r < R; ++r) bf16x8_to_f32(wr[r][u], wf[r]);
-#pragma unroll
-        for (int n = 0; n < N; ++n) {
-          if (n < nr) {
-            float xf[8];
-            bf16x8_to_f32(__ldg(static_cast<const uint4*>(row_ptr(x.data, x.stride, n)) + c), xf);
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-#pragma unroll
-              for (int e = 0; e < 8; ++e) acc[r][n] += wf[r][e] * xf[e];
-            }
-          }
-        }
-      }
-    }
+    load_weight_chunks<R, U>(wrow, c0, chunks, wr);
+    accumulate_chunks<R, U, N>(wr, c0, chunks, x, nr, acc);
   }
   gemv_store<R, N>(acc, row0, w.rows, nr, y);
 }
@@ -236,19 +250,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(Mat x, Mat w
 // of latency per warp.
 constexpr int kSkWarps = 4;
 constexpr int kSkRows = 2;
-
-template <int R, int U>
-__device__ __forceinline__ void load_weight_chunks(const uint4* const (&wrow)[R], int64_t c0, int64_t cend,
-                                                   uint4 (&wr)[R][U]) {
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t c = c0 + 32 * u;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (c < cend) wr[r][u] = __ldcs(wrow[r] + c);  // streamed: no reuse
-    }
-  }
-}
 
 template <int N>
 __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, Mat w, Mat y) {
@@ -281,27 +282,7 @@ __global__ void __launch_bounds__(kSkWarps * 32) gemv_bf16_splitk_kernel(Mat x, 
   for (int64_t c0 = cbeg + lane; c0 < cend; c0 += 32 * U) {
     uint4 next[R][U];
     if (c0 + 32 * U < cend) load_weight_chunks<R, U>(wrow, c0 + 32 * U, cend, next);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c < cend) {
-        float wf[R][8];
-#pragma unroll
-        for (int r = 0; r < R; ++r) bf16x8_to_f32(wr[r][u], wf[r]);
-#pragma unroll
-        for (int n = 0; n < N; ++n) {
-          if (n < nr) {
-            float xf[8];
-            bf16x8_to_f32(__ldg(static_cast<const uint4*>(row_ptr(x.data, x.stride, n)) + c), xf);
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-#pragma unroll
-              for (int e = 0; e < 8; ++e) acc[r][n] += wf[r][e] * xf[e];
-            }
-          }
-        }
-      }
-    }
+    accumulate_chunks<R, U, N>(wr, c0, cend, x, nr, acc);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
