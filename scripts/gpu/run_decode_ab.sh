@@ -10,14 +10,11 @@
 # Usage (device): OUT=$OUT CONFIGS="MIL_ROW_VEC=0,MIL_PDL=0 MIL_ROW_VEC=1,MIL_PDL=1" scripts/gpu/run_decode_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/out}; BIN=.gpubin; M=/tmp/llama3-8b-random
+OUT=${OUT:-/tmp/out}; M=/tmp/llama3-8b-random
 CONFIGS=${CONFIGS:-"MIL_PDL=0 MIL_PDL=1"}; REPEAT=${REPEAT:-2}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-mkdir -p /tmp/dep && tar xJf .debs/deps.tar.xz -C /tmp/dep
-cublas_dir=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$PWD/$BIN/lib:/tmp/dep/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${cublas_dir}:${LD_LIBRARY_PATH:-}
-[[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+source scripts/gpu/device_env.sh
 t0=$(date +%s)
 [[ -f $M/config.json ]] || { timeout 200 python3 scripts/gpu/make_llama3_8b_random.py $M > $OUT/make.log 2>&1 & }
 if [[ "${TESTS:-1}" == 1 ]]; then

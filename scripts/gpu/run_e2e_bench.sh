@@ -7,22 +7,18 @@
 #      agreement check against step 1's logits. Table on stdout, JSON in $OUT/bench.json.
 # mil cannot be built there (no CLI11/spdlog/Boost/OpenSSL headers): $BIN holds mil and
 # test_cuda_model built here (build-cuda, MIL_CUDA=ON, Release) with the shared libraries the
-# machine lacks in $BIN/lib; ICU/PCRE2 come from .debs/deps.tar.xz. Carry ".gpubin" and ".debs".
+# machine lacks in $BIN/lib (scripts/gpu/device_env.sh). Carry ".gpubin" (or ".gpupack") and ".debs".
 # Usage (device): OUT=$OUT scripts/gpu/run_e2e_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out-gpu}
-BIN=${BIN:-.gpubin}
 MODEL=${MODEL:-/tmp/llama3-8b-random}
 REF=${REF:-/tmp/llama3-8b-ref}
 mkdir -p "$OUT"
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv | tee "$OUT/device.txt"
+source scripts/gpu/device_env.sh
 export MIL_BIN=$BIN MIL_MODEL=$MODEL MIL_REF=$REF
-if [[ -f .debs/deps.tar.xz ]]; then mkdir -p /tmp/dep && tar xJf .debs/deps.tar.xz -C /tmp/dep; fi
-cublas_dir=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$PWD/$BIN/lib:/tmp/dep/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${cublas_dir}:${LD_LIBRARY_PATH:-}
-[[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }  # fixtures path compiled in
 ldd "$BIN/mil" | grep "not found"
 PYTHONUNBUFFERED=1 timeout 330 python3 scripts/gpu/llama8b_agreement.py --model-dir "$MODEL" \
   --ref-dir "$REF" --fp32 >"$OUT/agreement_ref.log" 2>&1 &

@@ -9,17 +9,14 @@
 #   4. mil bench --device cuda: batch-1 decode, step grid, TTFT, agreement (bench.json);
 #   5. MIL's kernel perf tests (decode attention, matmuls) and the PyTorch baselines
 #      (bench_torch_decode.py: plain and compiled decode, TTFT, SDPA), same machine, same call.
-# Carry .gguf-parts/g40-02, .gpubin and .debs. Usage (device): OUT=$OUT scripts/gpu/run_final.sh
+# Carry .gguf-parts/g40-02, .gpupack (or .gpubin) and .debs (scripts/gpu/device_env.sh). Usage (device): OUT=$OUT scripts/gpu/run_final.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/out}; BIN=.gpubin; M=/tmp/llama3-8b-random; REF=/tmp/llama3-8b-ref
+OUT=${OUT:-/tmp/out}; M=/tmp/llama3-8b-random; REF=/tmp/llama3-8b-ref
 GGUF=/tmp/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $OUT/device.txt
-mkdir -p /tmp/dep && tar xJf .debs/deps.tar.xz -C /tmp/dep
-cublas_dir=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$PWD/$BIN/lib:/tmp/dep/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${cublas_dir}:${LD_LIBRARY_PATH:-}
-[[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+source scripts/gpu/device_env.sh
 t0=$(date +%s); el() { echo "$(( $(date +%s)-t0 ))s"; }
 cat /tmp/stage/g40-00 /tmp/stage/g40-01 .gguf-parts/g40-02 | xz -d > $GGUF
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c || GGUF=
